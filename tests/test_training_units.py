@@ -1,0 +1,312 @@
+"""Training building blocks: config schema and errors, masking, frame alignment, losses, data, teachers, search."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from lighthubert_s3prl.config import SEARCH_SPACES, ConfigError, ModelConfig, SubnetConfig, count_parameters
+from lighthubert_s3prl.training.config import apply_override, load_config, parse_layer_spec, resolve_space
+from lighthubert_s3prl.training.data import (
+    AudioCropDataset,
+    ResumableBatchSampler,
+    collate,
+    list_audio_files,
+    synthetic_utterance,
+    write_wav,
+)
+from lighthubert_s3prl.training.losses import distill_loss, masked_instance_norm, resolve_layers
+from lighthubert_s3prl.training.masking import sample_span_mask, step_generator
+from lighthubert_s3prl.training.search import Budget, estimate_macs, search
+from lighthubert_s3prl.training.teachers import align_frames
+
+from .test_training_fixtures import TINY_SPACE, teacher_ckpt  # noqa: F401 (fixture)
+
+
+def _minimal(**extra):
+    base = {"data": {"train": "synthetic"}, "teacher": {"name": "fbank"},
+            "target": {"source": "hidden_states", "layers": -1}}
+    base.update(extra)
+    return base
+
+
+# ---------------------------------------------------------------------------------------------------
+# configuration
+def test_config_defaults_follow_the_paper():
+    cfg = load_config(_minimal(), stage="stage1")
+    assert (cfg.mask.prob, cfg.mask.length, cfg.loss.type) == (0.65, 10, "l1")
+    assert load_config({"data": {"train": "synthetic"}, "teacher": "fbank"}, stage="stage1").target.layers == "last:8"
+    ekd = load_config({"data": {"train": "synthetic"}, "teachers": [{"name": "fbank", "layers": [0]}]}, stage="ekd")
+    assert ekd.loss.type == "l1_cos" and not ekd.mask.enabled and ekd.loss.frames == "all"
+
+
+def test_overrides_are_parsed_as_yaml():
+    data = {"train": {"steps": 5}, "teachers": [{"name": "a"}]}
+    apply_override(data, "train.steps=7")
+    apply_override(data, "optim.lr=1e-4")
+    apply_override(data, "teachers.0.layers=[4, 8]")
+    apply_override(data, "teachers.1.name=b")
+    assert data["train"]["steps"] == 7 and float(data["optim"]["lr"]) == 1e-4  # YAML 1.1 keeps "1e-4" a string; the schema converts it
+    assert data["teachers"] == [{"name": "a", "layers": [4, 8]}, {"name": "b"}]
+    cfg = load_config(_minimal(), ["optim.lr=3e-4", "train.steps=12"], "stage1")
+    assert cfg.optim.lr == 3e-4 and cfg.train.steps == 12
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.stepz=3", "unknown config key 'train.stepz'; did you mean 'train.steps'?"),
+    ("optimz.lr=3", "unknown config key 'optimz'; did you mean 'optim'?"),
+    ("train.steps=abc", "train.steps must be an integer, got 'abc'"),
+    ("train.amp=fp8", "train.amp='fp8' is not allowed; allowed values: ['none', 'bf16', 'fp16']"),
+    ("loss.type=l3", "loss.type='l3' is not allowed"),
+    ("target.layers=first:3", "is not a layer spec; use 'last:N'"),
+    ("mask.enabled=false", "loss.frames=masked needs input masking"),
+    ("data.train=null", "data.train is missing"),
+    ("train.eval_every=5", "train.eval_every is set but data.valid is not"),
+    ("student.type=distiller", "student.type='distiller' is only for stage 'ekd'"),
+    ("data.min_seconds=5", "data.min_seconds=5.0 exceeds data.crop_seconds"),
+    ("train.steps", "must look like key.sub=value"),
+])
+def test_bad_config_values_say_what_and_how(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(_minimal(), [override], "stage1")
+    assert message in str(err.value)
+
+
+def test_stage_level_errors(tmp_path):
+    with pytest.raises(ConfigError, match="stage2 initialises the supernet from a stage-1 checkpoint: set student.init"):
+        load_config(_minimal(), stage="stage2")
+    with pytest.raises(ConfigError, match="the command asks for 'stage2' but the config says stage: stage1"):
+        load_config(_minimal(stage="stage1"), stage="stage2")
+    with pytest.raises(ConfigError, match="no teacher"):
+        load_config({"data": {"train": "synthetic"}}, stage="stage1")
+    with pytest.raises(ConfigError, match="stage1 distils from exactly one teacher"):
+        load_config({"data": {"train": "synthetic"}, "teachers": ["fbank", "mfcc"]}, stage="stage1")
+    with pytest.raises(ConfigError, match=r"teachers.0.layers is missing: EKD needs the teacher layers"):
+        load_config({"data": {"train": "synthetic"}, "teachers": ["fbank"]}, stage="ekd")
+    with pytest.raises(ConfigError, match="every teachers.N.layers list needs the same length; use ekd.aggregation=separate"):
+        load_config({"data": {"train": "synthetic"}, "teachers": [{"name": "a", "layers": [1, 2]},
+                                                                   {"name": "b", "layers": [1]}]}, stage="ekd")
+    with pytest.raises(ConfigError, match="training config .* does not exist"):
+        load_config(tmp_path / "nope.yaml", stage="stage1")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(bad, stage="stage1")
+
+
+def test_custom_search_space():
+    space = resolve_space(TINY_SPACE)
+    assert space.name == "tiny" and space.default == SubnetConfig.uniform(96, 2, 288, 12)
+    assert space.max_subnet() == SubnetConfig.uniform(128, 2, 512, 12)
+    assert resolve_space("small") is SEARCH_SPACES["small"]
+    with pytest.raises(ConfigError, match="space.embed_dim must be a non-empty list"):
+        resolve_space({**TINY_SPACE, "embed_dim": []})
+    with pytest.raises(ConfigError, match="is not a member of the space"):
+        resolve_space({**TINY_SPACE, "default": {"embed_dim": 80, "heads_num": 1, "ffn_ratio": 2.0, "layer_num": 12}})
+    with pytest.raises(ConfigError, match="space='medium' is unknown"):
+        resolve_space("medium")
+    assert resolve_space(space.to_dict()) == space  # what checkpoints record round-trips
+
+
+def test_layer_specs():
+    assert parse_layer_spec("last:8", "k") == list(range(-8, 0))
+    assert resolve_layers("last:8", 12, "layer_results", "k") == list(range(4, 12))
+    assert resolve_layers([4, 8, 12], 13, "hidden_states", "k") == [4, 8, 12]
+    with pytest.raises(ConfigError, match="asks for hidden_states index 12, but the teacher has 1 hidden_states"):
+        resolve_layers([12], 1, "hidden_states", "teachers.0.layers")
+
+
+# ---------------------------------------------------------------------------------------------------
+# masking, alignment, losses
+def test_span_mask_statistics_and_padding():
+    lengths = torch.tensor([400, 250, 9, 1])
+    mask = sample_span_mask(lengths, 400, 0.65, 10, 2, torch.Generator().manual_seed(0))
+    assert mask.shape == (4, 400) and mask.dtype == torch.bool
+    assert not mask[1, 250:].any() and not mask[2, 9:].any() and not mask[3].any()
+    # overlapping spans: the masked share is below 0.65 but near HuBERT's ~0.5
+    many = sample_span_mask(torch.full((64,), 500), 500, 0.65, 10, 2, torch.Generator().manual_seed(1))
+    assert 0.4 < many.float().mean() < 0.6
+    # runs of masked frames are at least one span long (except where cut by the end)
+    row = many[0].int().tolist()
+    runs, run = [], 0
+    for v in row + [0]:
+        if v:
+            run += 1
+        elif run:
+            runs.append(run)
+            run = 0
+    assert min(runs) >= 10
+    again = sample_span_mask(lengths, 400, 0.65, 10, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(mask, again)
+    assert step_generator(0, 1).initial_seed() != step_generator(0, 2).initial_seed()
+    assert not sample_span_mask(lengths, 400, 0.0).any()
+
+
+def test_align_frames():
+    x = torch.arange(10.0).view(1, 10, 1)
+    pooled = align_frames(x, 160, 320, 5)  # 10 ms teacher -> 20 ms student: neighbours averaged
+    assert pooled.flatten().tolist() == [0.5, 2.5, 4.5, 6.5, 8.5]
+    padded = align_frames(torch.ones(2, 3, 4), 320, 320, 5)
+    assert padded.shape == (2, 5, 4) and torch.equal(padded[:, 3:], padded[:, 2:3].expand(-1, 2, -1))
+    assert align_frames(torch.randn(1, 30, 2), 480, 320, 45).shape == (1, 45, 2)
+
+
+def test_losses():
+    pred, target = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    frames = torch.tensor([[1, 1, 0, 1, 0], [0, 0, 0, 1, 1]], dtype=torch.bool)
+    loss, stats = distill_loss(pred, target, frames, "l1")
+    assert torch.isclose(loss, (pred[frames] - target[frames]).abs().mean())
+    loss, stats = distill_loss(pred, target, None, "l1_cos", 1.0)
+    cos = torch.nn.functional.cosine_similarity(pred, target, dim=-1)
+    expected = (pred - target).abs().mean() - torch.nn.functional.logsigmoid(cos).mean()
+    assert torch.isclose(loss, expected) and "cos" in stats
+    empty, _ = distill_loss(pred, target, torch.zeros(2, 5, dtype=torch.bool), "l1")
+    assert float(empty) == 0.0
+    # instance norm ignores padded frames: padding content does not change valid frames
+    x = torch.randn(1, 6, 3)
+    valid = torch.tensor([[1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    y = x.clone()
+    y[:, 4:] = 100.0
+    assert torch.allclose(masked_instance_norm(x, valid)[:, :4], masked_instance_norm(y, valid)[:, :4])
+    assert torch.allclose(masked_instance_norm(x, valid)[:, :4].mean(1), torch.zeros(1, 3), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# data
+def test_audio_folder_and_list(tmp_path):
+    folder = tmp_path / "audio"
+    for i in range(3):
+        write_wav(folder / f"sub/u{i}.wav", synthetic_utterance(i, 1.0 + i))
+    (folder / "notes.txt").write_text("not audio")
+    files = list_audio_files(folder, [".wav", ".flac"])
+    assert [f.name for f in files] == ["u0.wav", "u1.wav", "u2.wav"]
+    listing = tmp_path / "train.lst"
+    listing.write_text("# comment\naudio/sub/u1.wav\n" + str(files[2]) + "\n")
+    assert [f.name for f in list_audio_files(listing, [".wav"])] == ["u1.wav", "u2.wav"]
+    ds = AudioCropDataset(files, crop_seconds=1.5, min_seconds=1.2, seed=3)
+    assert len(ds) == 2  # the 1 s file is below min_seconds
+    a = ds[1]
+    assert len(a) == 24000 and torch.equal(a, ds[1])  # crop offset fixed by (seed, epoch, index)
+    ds.set_epoch(1)
+    assert not torch.equal(a, ds[1])
+
+
+def test_data_errors_name_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.train='.*missing' does not exist; point it at a folder of .wav/.flac files"):
+        list_audio_files(tmp_path / "missing", [".wav", ".flac"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no audio files with extensions"):
+        list_audio_files(tmp_path / "empty", [".wav"])
+    listing = tmp_path / "l.txt"
+    listing.write_text("nowhere.wav\n")
+    with pytest.raises(ConfigError, match="names 1 missing file"):
+        list_audio_files(listing, [".wav"])
+    with pytest.raises(ConfigError, match="one step needs data.batch_size=8 x 2 process"):
+        ResumableBatchSampler(10, 8, world=2)
+
+
+def test_batch_sampler_shards_and_resumes():
+    ranks = [list(ResumableBatchSampler(20, 3, seed=1, rank=r, world=2)) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == 3
+    flat = [i for r in ranks for b in r for i in b]
+    assert len(set(flat)) == len(flat) == 18  # disjoint across ranks
+    full = list(ResumableBatchSampler(20, 3, seed=1))
+    later = ResumableBatchSampler(20, 3, seed=1)
+    later.set_position(0, 4)
+    assert list(later) == full[4:]
+    later.set_position(1, 0)
+    assert list(later) != full
+
+
+def test_collate_pads_and_masks():
+    batch = collate([torch.ones(5), torch.ones(3)])
+    assert batch.wav.shape == (2, 5) and batch.padding_mask[1].tolist() == [False] * 3 + [True] * 2
+    assert [len(w) for w in batch.waveforms()] == [5, 3]
+
+
+# ---------------------------------------------------------------------------------------------------
+# teachers
+def test_unknown_teacher_is_explained():
+    from lighthubert_s3prl.training.config import TeacherConfig
+    from lighthubert_s3prl.training.teachers import build_teacher
+
+    with pytest.raises(ConfigError, match="unknown teacher 'hubert_bse': it is not an s3prl upstream name. Did you mean hubert_base"):
+        build_teacher(TeacherConfig(name="hubert_bse"), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="give 'name'"):
+        TeacherConfig().validate("teacher")
+
+
+def test_lighthubert_teacher_gives_ffn_outputs(teacher_ckpt):
+    from lighthubert_s3prl.training.config import TeacherConfig
+    from lighthubert_s3prl.training.teachers import build_teacher
+
+    teacher = build_teacher(TeacherConfig(ckpt=str(teacher_ckpt)), torch.device("cpu"))
+    assert (teacher.num_hidden_states, teacher.num_layer_results) == (13, 12)
+    teacher.train()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    out = teacher(collate([synthetic_utterance(0, 1.0), synthetic_utterance(1, 0.6)]))
+    assert out.layer_results[0].shape == out.hidden_states[1].shape == (2, 49, 128)
+
+
+def test_s3prl_hubert_teacher_ffn_outputs_by_hooks(tmp_path):
+    """s3prl's own HuBERT code (hubert_local on a tiny converted checkpoint): FFN outputs caught by fc2 hooks."""
+    from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
+    from s3prl.upstream.utils import merge_with_parent
+
+    from lighthubert_s3prl.training.config import TeacherConfig
+    from lighthubert_s3prl.training.teachers import build_teacher
+
+    task = {"label_rate": 50.0, "sample_rate": 16000, "normalize": False}
+    model = {"label_rate": 50.0, "encoder_layers": 3, "encoder_embed_dim": 64, "encoder_ffn_embed_dim": 128,
+             "encoder_attention_heads": 2, "final_dim": 32, "conv_pos": 16, "conv_pos_groups": 4,
+             "conv_feature_layers": "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"}
+    torch.manual_seed(0)
+    hubert = HubertModel(merge_with_parent(HubertConfig, model), merge_with_parent(HubertPretrainingConfig, task), [list(range(5))])
+    ckpt = tmp_path / "tiny_hubert.pt"
+    torch.save({"task_cfg": task, "model_cfg": model, "model_weight": hubert.state_dict(),
+                "dictionaries_symbols": [list(range(5))]}, ckpt)
+    teacher = build_teacher(TeacherConfig(name="hubert_local", ckpt=str(ckpt)), torch.device("cpu"))
+    assert (teacher.num_hidden_states, teacher.num_layer_results, teacher.downsample_rate) == (4, 3, 320)
+    long, short = synthetic_utterance(0, 1.0), synthetic_utterance(1, 0.5)
+    both = teacher(collate([long, short]))
+    alone = teacher(collate([long]))
+    assert both.layer_results[2].shape == (2, 49, 64)
+    # batch-first orientation: the first utterance's FFN outputs do not depend on its batch neighbour
+    assert torch.allclose(both.layer_results[2][0], alone.layer_results[2][0], atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# search (with a synthetic score; the real proxy is exercised in test_training_runs.py)
+def test_budget_too_small_is_explained():
+    space = resolve_space(TINY_SPACE)
+    from lighthubert_s3prl.checkpoint import tiny_model_config
+
+    budget = Budget("params", 1000, tiny_model_config())
+    with pytest.raises(ConfigError, match=r"budget too small: the smallest subnet of space 'tiny' .* raise --max-params to at least"):
+        budget.check(space)
+    with pytest.raises(ConfigError, match="raise --max-macs to at least"):
+        Budget("macs", 10, tiny_model_config()).check(space)
+
+
+def test_mac_estimate_grows_with_the_subnet():
+    small, base = SEARCH_SPACES["small"], SEARCH_SPACES["base"]
+    m = ModelConfig()
+    values = [estimate_macs(s, m, 1.0) for s in (small.min_subnet(), small.default, base.default, base.max_subnet())]
+    assert values == sorted(values) and 1e9 < values[-1] < 1e11
+    assert estimate_macs(base.default, m, 2.0) > 2 * estimate_macs(base.default, m, 1.0) * 0.99
+
+
+@pytest.mark.parametrize("algorithm", ["evolutionary", "random"])
+def test_search_respects_budget_and_beats_baseline(algorithm):
+    """With a score that prefers narrow FFNs in early layers, the search finds better than the budget's largest."""
+    space = SEARCH_SPACES["small"]
+    budget = Budget("params", 26_873_600, ModelConfig())
+    def score(s: SubnetConfig) -> float:
+        return sum(abs(f / s.embed_dim - 3.0) for f in s.ffn_embed[:6]) + 0.001 * abs(s.embed_dim - 384)
+
+    result = search(space, budget, score, algorithm, population=10, generations=4, seed=0)
+    assert count_parameters(result.best) <= 26_873_600 and space.contains(result.best)
+    assert result.best_score <= result.baseline_score
+    assert result.best_score < result.baseline_score  # a real improvement for this score
+    assert result.history and all(h["cost"] <= budget.limit for h in result.history)
