@@ -171,6 +171,8 @@ def load_checkpoint(path: Union[str, Path]) -> LoadedCheckpoint:
     if isinstance(values.get("default_subnet"), Mapping):  # written by our own training code
         default = SubnetConfig.from_dict(values["default_subnet"])
     space = SEARCH_SPACES.get(space_name)
+    if isinstance(values.get("search_space_def"), Mapping):  # a custom space recorded by our training code
+        space = SearchSpace.from_dict(values["search_space_def"])
     if default is not None:
         try:
             default.validate_for(model_cfg)

@@ -387,6 +387,31 @@ class SearchSpace:
             and all(f in {int(r * subnet.embed_dim) for r in self.ffn_ratio} for f in subnet.ffn_embed)
         )
 
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> "SearchSpace":
+        """Inverse of :meth:`to_dict`, for custom spaces (e.g. of a non-standard width)."""
+        lists: Dict[str, Tuple[Any, ...]] = {}
+        for key, cast in (("embed_dim", int), ("heads_num", int), ("ffn_ratio", float), ("layer_num", int)):
+            values = spec.get(key)
+            if not isinstance(values, (list, tuple)) or not values:
+                raise ConfigError(f"space.{key} must be a non-empty list (e.g. embed_dim: [256, 384, 512]), got {values!r}")
+            try:
+                lists[key] = tuple(sorted({cast(v) for v in values}))
+            except (TypeError, ValueError):
+                raise ConfigError(f"space.{key}={values!r} must hold numbers") from None
+        E = max(lists["embed_dim"])
+        default = SubnetConfig.uniform(E, max(lists["heads_num"]), int(max(lists["ffn_ratio"]) * E), max(lists["layer_num"]))
+        if spec.get("default") is not None:
+            try:
+                default = resolve_subnet(spec["default"])
+            except ConfigError as err:
+                raise ConfigError(f"space.default: {err}") from None
+        space = cls(str(spec.get("name", "custom")), lists["embed_dim"], lists["heads_num"], lists["ffn_ratio"],
+                    lists["layer_num"], default)
+        if not space.contains(default):
+            raise ConfigError(f"space.default ({default.describe()}) is not a member of the space it defaults")
+        return space
+
     def to_dict(self) -> Dict[str, Any]:
         return {
             "name": self.name,

@@ -105,6 +105,13 @@ def lighthubert_url(ckpt: str, refresh: bool = False, model_config: Optional[str
     return lighthubert_local(_urls_to_filepaths(ckpt, refresh=refresh), model_config, **kwargs)
 
 
+def distiller_local(ckpt: Optional[str] = None, model_config: Optional[str] = None, **kwargs: Any) -> UpstreamExpert:
+    """An EKD / DistilHuBERT-style student from ``lighthubert-s3prl train ekd`` (-k PATH); adds ``paper`` and ``pred_heads``."""
+    from .training.distiller import distiller_local as entry
+
+    return entry(ckpt, model_config, **kwargs)
+
+
 ENTRIES: Dict[str, Callable[..., UpstreamExpert]] = {
     "lighthubert": lighthubert,
     "lighthubert_small": lighthubert_small,
@@ -113,4 +120,5 @@ ENTRIES: Dict[str, Callable[..., UpstreamExpert]] = {
     "lighthubert_local": lighthubert_local,
     "lighthubert_subnet": lighthubert_subnet,
     "lighthubert_url": lighthubert_url,
+    "distiller_local": distiller_local,
 }

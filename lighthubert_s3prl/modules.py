@@ -188,6 +188,8 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.embed_dim, self.ffn_dim = embed_dim, ffn_dim
         self.layer_norm_first = layer_norm_first
+        self.dropout = 0.0  # set from the model config by the owning model
+        self.activation_dropout = 0.0
         self.self_attn = SelfAttention(embed_dim, atten_dim)
         self.self_attn_layer_norm = nn.LayerNorm(embed_dim)
         self.fc1 = nn.Linear(embed_dim, ffn_dim)
@@ -205,9 +207,6 @@ class EncoderLayer(nn.Module):
         hidden = F.gelu(hidden.float()).type_as(hidden)
         hidden = F.dropout(hidden, self.activation_dropout, self.training)
         return F.linear(hidden, _lead(w2, E, w2.size(1)), _lead(self.fc2.bias, E))
-
-    activation_dropout = 0.0
-    dropout = 0.0
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor], dims: LayerDims) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns the layer output and the FFN output before its residual add (data2vec-style target)."""

@@ -192,22 +192,27 @@ class LightHuBERTSupernet(LightHuBERTBackbone):
         return subnet.embed_dim, plan
 
     def reset_parameters(self, seed: int = 0) -> "LightHuBERTSupernet":
-        """Seeded random weights with non-trivial norms and biases, so every slice matters in tests."""
+        """Seeded random weights with non-trivial norms and biases, so that every slice matters in tests."""
         gen = torch.Generator().manual_seed(seed)
+
+        def fill(p: torch.Tensor, values: torch.Tensor) -> None:
+            p.copy_(values)
+
         with torch.no_grad():
-            for name, p in self.named_parameters():
-                if name.endswith("weight_g"):
-                    p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
-                elif name.endswith("weight_v"):
-                    p.copy_(torch.randn(p.shape, generator=gen))
-                elif p.dim() == 1 and ("norm" in name or name.startswith("layer_norm") or ".2.1." in name or ".2.weight" in name or ".2.bias" in name):
-                    base = 1.0 if name.endswith("weight") else 0.0
-                    p.copy_(base + 0.1 * torch.randn(p.shape, generator=gen))
-                elif p.dim() == 1:
-                    p.copy_(0.02 * torch.randn(p.shape, generator=gen))
-                elif "feature_extractor" in name:
-                    fan_in = p[0].numel()
-                    p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-                else:
-                    p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+            for module in self.modules():
+                if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+                    fill(module.weight, 1.0 + 0.1 * torch.randn(module.weight.shape, generator=gen))
+                    fill(module.bias, 0.1 * torch.randn(module.bias.shape, generator=gen))
+                elif isinstance(module, nn.Conv1d):  # He init keeps CNN activations in range
+                    fan_in = module.weight[0].numel()
+                    fill(module.weight, torch.randn(module.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+                elif isinstance(module, nn.Linear):
+                    fill(module.weight, 0.02 * torch.randn(module.weight.shape, generator=gen))
+                    if module.bias is not None:
+                        fill(module.bias, 0.02 * torch.randn(module.bias.shape, generator=gen))
+                elif isinstance(module, PositionalConv):
+                    fill(module.weight_g, torch.rand(module.weight_g.shape, generator=gen) + 0.5)
+                    fill(module.weight_v, torch.randn(module.weight_v.shape, generator=gen))
+                    fill(module.bias, 0.02 * torch.randn(module.bias.shape, generator=gen))
+            fill(self.mask_emb, torch.rand(self.mask_emb.shape, generator=gen))
         return self

@@ -87,3 +87,27 @@ def test_upstream_defaults_follow_the_checkpoint(small_ckpt, reference, batch):
     assert len(got) == 13
     for e, g in zip(expected, got):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("extractor_mode,layer_norm_first", [("layer_norm", False), ("default", True), ("layer_norm", True)])
+def test_other_layouts_match_reference(extractor_mode, layer_norm_first, tmp_path):
+    """Both CNN norm layouts and the pre-LN encoder variant, on a tiny supernet and a mixed-size subnet."""
+    from s3prl.upstream.lighthubert.expert import UpstreamExpert as ReferenceExpert
+
+    from lighthubert_s3prl.checkpoint import tiny_model_config, write_random_checkpoint
+    from lighthubert_s3prl.config import SubnetConfig
+
+    cfg = tiny_model_config(extractor_mode=extractor_mode, layer_norm_first=layer_norm_first)
+    path = write_random_checkpoint(tmp_path / "tiny.pt", "small", seed=4, model_cfg=cfg)
+    reference = ReferenceExpert(str(path)).eval()
+    supernet = build_supernet(load_checkpoint(path)).eval()
+    subnet = SubnetConfig(96, 10, (1, 2) * 5, (192, 288) * 5)
+    reference.model.set_sample_config(subnet.to_dict())
+    wavs = make_wavs([16000, 9000, 4000], seed=2)
+    padded, padding_mask = prepare_batch(wavs)
+    with torch.no_grad():
+        expected = reference(wavs)["hidden_states"]
+        got = supernet(padded, padding_mask, subnet=subnet, padding_mode="reference").hidden_states
+    assert len(expected) == len(got) == 11
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=0)

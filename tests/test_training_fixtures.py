@@ -20,13 +20,13 @@ TINY_SPACE = {
 }
 
 
-def tiny_config(stage: str, out: Path, teacher: Path, **sections: Any) -> Dict[str, Any]:
+def tiny_config(stage: str, out: Path, teacher_path: Path, **sections: Any) -> Dict[str, Any]:
     """A CI-sized config: generated audio, a tiny LightHuBERT teacher (FFN targets), the tiny student."""
     cfg: Dict[str, Any] = {
         "stage": stage,
         "data": {"train": "synthetic", "crop_seconds": 1.0, "batch_size": 4,
                  "synthetic": {"utterances": 16, "valid_utterances": 4, "seconds": 1.2}},
-        "teacher": {"ckpt": str(teacher)},
+        "teacher": {"ckpt": str(teacher_path)},
         "target": {"source": "layer_results", "layers": "last:8"},
         "student": {"model": "tiny"},
         "optim": {"lr": 2.0e-3, "warmup_steps": 2},

@@ -1,7 +1,6 @@
 """Training building blocks: config schema and errors, masking, frame alignment, losses, data, teachers, search."""
 from __future__ import annotations
 
-import random
 
 import pytest
 import torch
@@ -310,3 +309,40 @@ def test_search_respects_budget_and_beats_baseline(algorithm):
     assert result.best_score <= result.baseline_score
     assert result.best_score < result.baseline_score  # a real improvement for this score
     assert result.history and all(h["cost"] <= budget.limit for h in result.history)
+
+
+def test_our_upstream_names_are_lighthubert_teachers(teacher_ckpt):
+    from lighthubert_s3prl.training.config import TeacherConfig
+    from lighthubert_s3prl.training.teachers import LightHuBERTTeacher, build_teacher
+
+    teacher = build_teacher(TeacherConfig(name="lighthubert_local", ckpt=str(teacher_ckpt),
+                                          subnet={"embed_dim": 64, "heads_num": 1, "ffn_ratio": 2.0, "layer_num": 10}),
+                            torch.device("cpu"))
+    assert isinstance(teacher, LightHuBERTTeacher)
+    assert (teacher.num_hidden_states, teacher.num_layer_results, teacher.hidden_dims[0]) == (11, 10, 64)
+    with pytest.raises(ConfigError, match="teacher 'lighthubert_local': lighthubert_local needs a checkpoint"):
+        build_teacher(TeacherConfig(name="lighthubert_local"), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="'subnet' applies to LightHuBERT teachers only"):
+        build_teacher(TeacherConfig(name="fbank", subnet="small"), torch.device("cpu"))
+
+
+def test_shipped_configs_parse():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "train").glob("*.yaml"))
+    assert len(configs) >= 9
+    stages = {p.stem: load_config(p).stage for p in configs}
+    assert stages["stage1"] == "stage1" and stages["stage2_small"] == "stage2" and stages["ekd_concat"] == "ekd"
+    assert load_config(configs[0].parent / "stage2_base.yaml").space == "base"
+
+
+def test_search_under_a_mac_budget():
+    from lighthubert_s3prl.training.search import subnet_macs
+
+    space = SEARCH_SPACES["small"]
+    limit = subnet_macs(space.default, ModelConfig(), 2.0)
+    budget = Budget("macs", limit, ModelConfig(), seconds=2.0)
+    assert budget.baseline(space) == space.default  # the released subnet is the largest uniform one that fits
+    result = search(space, budget, lambda s: -sum(s.heads_num) / 100 + abs(s.embed_dim - 384) / 1000,
+                    population=8, generations=3, seed=1)
+    assert subnet_macs(result.best, ModelConfig(), 2.0) <= limit and result.best_score <= result.baseline_score

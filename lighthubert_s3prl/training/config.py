@@ -56,34 +56,23 @@ class DataConfig:
 
 @dataclass
 class TeacherConfig:
-    """A frozen teacher: an s3prl upstream (``name``, e.g. hubert_base) or a LightHuBERT checkpoint.
-
-    ``kind=auto`` means: ``name`` given -> s3prl hub entry (our LightHuBERT names included);
-    only ``ckpt`` given -> our LightHuBERT model, which also exposes the FFN outputs (layer_results).
+    """A frozen teacher: an s3prl upstream by ``name`` (e.g. hubert_base, or hubert_local + ckpt), or,
+    with only ``ckpt``, a LightHuBERT checkpoint. LightHuBERT teachers (a bare ckpt, or our names such as
+    lighthubert_local / lighthubert_small) run our model directly, so they also expose the FFN outputs.
     """
 
     name: Optional[str] = None
     ckpt: Optional[str] = None
     model_config: Optional[str] = None
-    kind: str = "auto"
     subnet: Any = None  # LightHuBERT teachers: which subnet runs (default: the checkpoint's own)
     layers: Any = None  # EKD: hidden-state indices this teacher contributes, e.g. [4, 8, 12]
 
     def validate(self, where: str) -> None:
-        _choice(where, "kind", self.kind, ("auto", "s3prl", "lighthubert"))
         if not self.name and not self.ckpt:
             raise ConfigError(
                 f"{where} names no teacher: give 'name' (an s3prl upstream such as hubert_base) or 'ckpt' "
                 f"(a LightHuBERT checkpoint)"
             )
-        if self.resolved_kind == "lighthubert" and not self.ckpt:
-            raise ConfigError(f"{where}.kind=lighthubert needs {where}.ckpt (a LightHuBERT checkpoint path)")
-
-    @property
-    def resolved_kind(self) -> str:
-        if self.kind != "auto":
-            return self.kind
-        return "s3prl" if self.name else "lighthubert"
 
     @property
     def label(self) -> str:
@@ -319,28 +308,7 @@ def resolve_space(spec: Any) -> SearchSpace:
         raise ConfigError(f"space must be a name {sorted(SEARCH_SPACES)} or a mapping, got {spec!r}")
     allowed = {"name", "embed_dim", "heads_num", "ffn_ratio", "layer_num", "default"}
     _reject_unknown(spec, allowed, "space")
-    lists = {}
-    for key, cast in (("embed_dim", int), ("heads_num", int), ("ffn_ratio", float), ("layer_num", int)):
-        values = spec.get(key)
-        if not isinstance(values, (list, tuple)) or not values:
-            raise ConfigError(f"space.{key} must be a non-empty list (e.g. embed_dim: [256, 384, 512]), got {values!r}")
-        try:
-            lists[key] = tuple(sorted({cast(v) for v in values}))
-        except (TypeError, ValueError):
-            raise ConfigError(f"space.{key}={values!r} must hold numbers") from None
-    E = max(lists["embed_dim"])
-    maximum = SubnetConfig.uniform(E, max(lists["heads_num"]), int(max(lists["ffn_ratio"]) * E), max(lists["layer_num"]))
-    default = maximum
-    if spec.get("default") is not None:
-        try:
-            default = resolve_subnet(spec["default"])
-        except ConfigError as err:
-            raise ConfigError(f"space.default: {err}") from None
-    space = SearchSpace(str(spec.get("name", "custom")), lists["embed_dim"], lists["heads_num"], lists["ffn_ratio"],
-                        lists["layer_num"], default)
-    if not space.contains(default):
-        raise ConfigError(f"space.default ({default.describe()}) is not a member of the space it defaults")
-    return space
+    return SearchSpace.from_dict(spec)
 
 
 def space_from_dict(data: Mapping[str, Any]) -> SearchSpace:
@@ -477,7 +445,7 @@ def apply_override(data: Dict[str, Any], override: str) -> None:
             continue
         if node.get(part) is None:
             node[part] = [] if nxt.isdigit() else {}
-        elif isinstance(node[part], str) and part in ("teacher", "space"):
+        elif isinstance(node[part], str) and part == "teacher":
             node[part] = {"name": node[part]}  # allow teacher.ckpt=... after teacher: NAME
         node = node[part]
     last = parts[-1]
@@ -530,10 +498,3 @@ def load_config(
     cfg = build_section(TrainingConfig, data, "")
     cfg.validate()
     return cfg
-
-
-def config_from_dict(data: Mapping[str, Any]) -> TrainingConfig:
-    """Rebuild a config saved with :meth:`TrainingConfig.to_dict` (e.g. from a resume state)."""
-    data = dict(data)
-    data.pop("teacher", None)
-    return load_config(data, stage=data.get("stage"))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, SearchSpace, SubnetConfig
 from ..modules import conv_output_lengths
 from ..supernet import LightHuBERTSupernet
-from .config import TargetConfig, TrainingConfig, parse_layer_spec, resolve_space
+from .config import TargetConfig, TrainingConfig, resolve_space
 from .data import Batch
 from .losses import aggregate, distill_loss, frame_selection, layer_average, normalise, resolve_layers
 from .masking import sample_span_mask, step_generator
@@ -156,12 +156,11 @@ class DistillTask:
         self.module.eval()
         total = 0.0
         for i, batch in enumerate(batches):
-            plans = self.plan(batch.to(self.device), step=-1 - i)
-            for p in plans:
-                if subnet is not None and "subnet" in p:
-                    p["subnet"] = subnet
-            losses = [float(self.module(**p)[0]) for p in plans[:1]]
-            total += sum(losses) / len(losses)
+            # negative steps: masks of their own, never those of a training step
+            plan = self.plan(batch.to(self.device), step=-1 - i)[0]
+            if subnet is not None and "subnet" in plan:
+                plan["subnet"] = subnet
+            total += float(self.module(**plan)[0])
         self.module.train(was_training)
         return total / max(len(batches), 1)
 
@@ -204,7 +203,9 @@ class Stage2Task(DistillTask):
         self.targets = TargetBuilder(self.teachers[0], cfg.target)
         model = stage_student(cfg.student.init, None, self.targets.dim, cfg.train.seed)
         self.space: SearchSpace = resolve_space(cfg.space)
-        for label, subnet in (("largest", self.space.max_subnet()), ("default", self.space.default)):
+        widest = [SubnetConfig.uniform(E, max(self.space.heads_num), int(max(self.space.ffn_ratio) * E),
+                                       max(self.space.layer_num)) for E in self.space.embed_dim]
+        for label, subnet in [("default", self.space.default)] + [("largest", s) for s in widest]:
             try:
                 subnet.validate_for(model.cfg)
             except ConfigError as err:
@@ -291,7 +292,8 @@ class EKDTask(DistillTask):
         for sources in self.head_sources:
             parts = [normalise(align_frames(outputs[t][l], self.teachers[t].downsample_rate, rate, frames), norm, valid)
                      for t, l in sources]
-            targets.append(parts[0] if len(parts) == 1 else aggregate(parts, self.aggregation))
+            target = parts[0] if len(parts) == 1 else aggregate(parts, self.aggregation)
+            targets.append(normalise(target, self.cfg.target.final_norm, valid))
         return [dict(wav=wav, padding_mask=padding, targets=targets, mask_indices=mask,
                      frames=frame_selection(valid, mask, self.cfg.loss.frames))]
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import build_supernet, load_checkpoint, save_checkpoint, supernet_payload, tiny_model_config
-from ..config import SEARCH_SPACES, ConfigError, ModelConfig, SearchSpace, SubnetConfig
+from ..config import ConfigError, ModelConfig, SearchSpace, SubnetConfig
 from ..supernet import LightHuBERTSupernet
 
 logger = logging.getLogger(__name__)

@@ -67,7 +67,7 @@ def subnet_macs(subnet: SubnetConfig, model: ModelConfig, seconds: float = 1.0) 
     """The package profiler's count when available, else :func:`estimate_macs`."""
     try:
         from ..profile import analytic_macs
-    except (ImportError, AttributeError):
+    except ImportError:
         return estimate_macs(subnet, model, seconds)
     return int(analytic_macs(subnet, model, seconds))
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import build_supernet, load_checkpoint
+from ..checkpoint import CheckpointError, build_supernet, load_checkpoint
 from ..config import ConfigError, resolve_subnet
 from .config import TeacherConfig
 from .data import Batch
@@ -66,23 +66,36 @@ class Teacher(nn.Module):
 
 
 class LightHuBERTTeacher(Teacher):
-    """One of our checkpoints at a chosen subnet; gives hidden states and FFN outputs."""
+    """One of our models at a chosen subnet; gives hidden states and FFN outputs."""
 
-    def __init__(self, ckpt: str, subnet: Any = None) -> None:
+    def __init__(self, model: nn.Module, label: str) -> None:
         super().__init__()
+        self.model, self.label = model, label
+        self.downsample_rate = model.downsample_rate
+        self._freeze()
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: str, subnet: Any = None) -> "LightHuBERTTeacher":
         loaded = load_checkpoint(ckpt)
         if loaded.kind == "compact":
             from ..compact import build_compact
 
-            self.model = build_compact(loaded)
-            self.subnet = loaded.default_subnet
-        else:
-            self.model = build_supernet(loaded)
-            self.subnet = resolve_subnet(subnet, loaded.default_subnet)
-            self.model.subnet = self.subnet
-        self.label = loaded.path.stem
-        self.downsample_rate = self.model.downsample_rate
-        self._freeze()
+            return cls(build_compact(loaded), loaded.path.stem)
+        model = build_supernet(loaded)
+        model.subnet = resolve_subnet(subnet, loaded.default_subnet)
+        return cls(model, loaded.path.stem)
+
+    @classmethod
+    def from_entry(cls, name: str, ckpt: Optional[str], model_config: Optional[str], subnet: Any) -> "LightHuBERTTeacher":
+        """Through one of our hub entries (lighthubert_small, lighthubert_local...), official-file lookup included."""
+        from ..hubconf import ENTRIES
+
+        kwargs = {"subnet": subnet} if subnet is not None else {}
+        try:
+            upstream = ENTRIES[name](ckpt=ckpt, model_config=model_config, **kwargs)
+        except CheckpointError as err:
+            raise ConfigError(f"teacher {name!r}: {err}") from None
+        return cls(upstream.model, name)
 
     def run(self, batch: Batch) -> TeacherOutput:
         # LightHuBERT was trained on per-utterance normalised waveforms; normalise the valid part only
@@ -163,12 +176,16 @@ class S3prlTeacher(Teacher):
 
 def build_teacher(cfg: TeacherConfig, device: torch.device) -> Teacher:
     """The frozen teacher a config names, on ``device``, probed for its output sizes."""
-    if cfg.resolved_kind == "lighthubert":
-        teacher: Teacher = LightHuBERTTeacher(str(cfg.ckpt), cfg.subnet)
+    from ..hubconf import ENTRIES
+
+    if not cfg.name:
+        teacher: Teacher = LightHuBERTTeacher.from_checkpoint(str(cfg.ckpt), cfg.subnet)
+    elif cfg.name in ENTRIES:  # our own upstream names: run the model directly to reach its FFN outputs
+        teacher = LightHuBERTTeacher.from_entry(str(cfg.name), cfg.ckpt, cfg.model_config, cfg.subnet)
     else:
         if cfg.subnet is not None:
-            raise ConfigError(f"teacher {cfg.label}: 'subnet' applies to LightHuBERT checkpoints only "
-                              f"(give teacher.ckpt without teacher.name)")
+            raise ConfigError(f"teacher {cfg.label}: 'subnet' applies to LightHuBERT teachers only "
+                              f"(a checkpoint as teacher.ckpt, or one of our lighthubert_* names)")
         teacher = S3prlTeacher(str(cfg.name), cfg.ckpt, cfg.model_config)
     teacher.to(device)
     teacher.probe(device)

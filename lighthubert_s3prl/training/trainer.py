@@ -209,6 +209,11 @@ class Trainer:
             logger.warning("resuming with %d process(es) x batch %d (saved: %d x %d): the data order will differ "
                            "from an uninterrupted run", self.env.world, self.cfg.data.batch_size, state["world"],
                            state["batch_size"])
+        now = self.cfg.to_dict()
+        changed = sorted(k for k in now if k != "train" and state["config"].get(k) != now[k])
+        if changed and self.env.main:
+            logger.warning("resuming %s with changed config section(s) %s; the run will not match an "
+                           "uninterrupted one", path, changed)
         self.task.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
