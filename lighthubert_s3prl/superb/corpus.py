@@ -21,7 +21,8 @@ espeak voice per speaker, with per-session jitter).
 
 Every file depends only on (preset, seed, its own id): synthesis goes through the fork-per-request
 helper in :mod:`._espeak`, and noise and placement come from generators seeded with the file id. A data
-set is built in a hidden temporary directory and renamed into place when complete; the manifest
+set is built in a hidden temporary directory, marked as ours, and renamed into place when complete (so
+re-running resumes; folders without the mark are never deleted, not even by ``--force``); the manifest
 ``corpus_manifest.json`` is written last and marks a finished corpus.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -49,7 +50,9 @@ LOG = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 GENERATOR_VERSION = 1  # bump whenever the same preset+seed would produce different files
 MANIFEST_NAME = "corpus_manifest.json"
-_STATE_DIR = ".corpus_state"  # per-data-set completion stamps, for resuming
+# written into each data set before it is renamed into place: marks it complete and ours (only such
+# folders are ever deleted; the recipes' loaders look at sub-folders and splits, never at this file)
+DATASET_MARK = ".made_by_lighthubert_s3prl.json"
 _TMP_DIR = ".corpus_tmp"
 TASK_NAMES = ("asr", "asv", "ks", "ic", "er", "pr", "sid")
 
@@ -643,13 +646,27 @@ def make_corpus(out_dir: Union[str, Path], preset: str = "ci", seed: int = 0,
     identity = _identity(preset, seed)
     manifest_path = out / MANIFEST_NAME
 
+    def ours(name: str) -> Optional[dict]:
+        """The completion mark of data set ``name`` in OUT; raises if a folder of that name is not ours."""
+        folder = out / name
+        if not folder.exists():
+            return None
+        mark = folder / DATASET_MARK
+        if not mark.is_file():
+            raise CorpusError(f"{folder} exists and was not written by make-corpus, which never deletes it; "
+                              "move it away or choose another output directory")
+        return json.loads(mark.read_text(encoding="utf-8"))
+
+    tmp_dir = out / _TMP_DIR
     if force:
-        for name in list(_DATASETS) + [_STATE_DIR, _TMP_DIR, MANIFEST_NAME]:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        for name in _DATASETS:
+            if ours(name) is not None:
+                shutil.rmtree(out / name)
+        for leftover in (tmp_dir, manifest_path):
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            elif leftover.exists():
+                leftover.unlink()
     elif manifest_path.is_file():
         old = json.loads(manifest_path.read_text(encoding="utf-8"))
         if {k: old.get(k) for k in identity} != identity:
@@ -661,34 +678,31 @@ def make_corpus(out_dir: Union[str, Path], preset: str = "ci", seed: int = 0,
             LOG.info("corpus in %s is complete (preset %s, seed %d); nothing to do", out, preset, seed)
             return _resolve(old, out)
 
-    state_dir, tmp_dir = out / _STATE_DIR, out / _TMP_DIR
-    state_dir.mkdir(exist_ok=True)
     tasks_info: Dict[str, dict] = {}
     started = time.monotonic()
     todo = [name for name, (served, _) in _DATASETS.items() if any(t in wanted for t in served)]
     with EspeakSynthesizer() as tts:
         identity["espeak_ng"] = tts.version
         for name in todo:
-            stamp = state_dir / f"{name}.json"
-            if stamp.is_file() and (out / name).is_dir():
-                done = json.loads(stamp.read_text(encoding="utf-8"))
-                if done.get("identity") == identity:
-                    LOG.info("%s: already generated, reusing", name)
-                    tasks_info.update(done["tasks"])
-                    continue
-            # anything half-written by an interrupted run is discarded, never patched up
-            for stale in (tmp_dir / name, out / name):
-                if stale.exists():
-                    shutil.rmtree(stale)
-            stamp.unlink(missing_ok=True)
+            mark = ours(name)
+            if mark is not None:
+                if mark["identity"] != identity:
+                    raise CorpusError(
+                        f"{out / name} was made with preset={mark['identity'].get('preset')!r} "
+                        f"seed={mark['identity'].get('seed')!r}; pass --force (force=True) to replace it")
+                LOG.info("%s: already generated, reusing", name)
+                tasks_info.update(mark["tasks"])
+                continue
+            if (tmp_dir / name).exists():  # half-written by an interrupted run: discarded, never patched up
+                shutil.rmtree(tmp_dir / name)
             t0 = time.monotonic()
             build = _Build(tts, seed, tmp_dir / name, name)
             build.root.mkdir(parents=True)
             info = _DATASETS[name][1](build, PRESETS[preset])
             for entry in info.values():
                 entry["dataset_dir"] = name
+            _atomic_json(build.root / DATASET_MARK, {"identity": identity, "tasks": info})
             os.replace(build.root, out / name)
-            _atomic_json(stamp, {"identity": identity, "tasks": info})
             tasks_info.update(info)
             LOG.info("%s: %d audio files in %.1f s", name, build.files, time.monotonic() - t0)
     if tmp_dir.is_dir():

@@ -12,13 +12,18 @@ Nothing in site-packages is edited; :func:`apply` swaps a few attributes in this
   no key at all. It moves to our cache dir, keyed by data root and split file.
 * ``speech_commands`` (KS) and ``sv_voxceleb1`` read audio through ``torchaudio.sox_effects``, which needs
   the system libsox (``apt-get install libsox-dev``). Without it, a soundfile/soxr implementation of
-  the effects they use (channels 1, rate, gain, and the ``silence`` trim) stands in; it is exact for the
-  first three and approximates SoX's silence detector (20 ms RMS windows).
+  the effects they use (channels 1, rate, gain, and the ``silence`` trim) stands in; on the corpus and on
+  synthetic pauses it gives the same samples as libsox 14.4.2 (the tests compare where libsox exists).
+  ``LIGHTHUBERT_S3PRL_SOX=python`` forces it, ``=sox`` insists on libsox.
 * ``ctc`` (PR with ``libriphone``) imports ``downstream/ctc/corpus/``, which the PyPI package does not
   ship. An implementation of the LibriSpeech-phoneme dataset is registered under that module name.
+* Recipes with a dev set save ``<dev>-best.ckpt`` only when a score strictly beats the metric's bound
+  (accuracy 0, WER 100), so short runs can end without the checkpoint SUPERB tests; the first dev
+  evaluation now always counts as the best so far.
 * ``run_downstream.main()`` wraps ``builtins.isinstance`` again on every call; it now does so once.
 
-Checkpoint loading with torch>=2.6 (``argparse.Namespace`` in ``-e`` checkpoints) is left to the
+Caches go to ``apply(cache_dir=...)``, else ``$LIGHTHUBERT_S3PRL_CACHE``, else
+``~/.cache/lighthubert_s3prl``. Checkpoint loading with torch>=2.6 (``argparse.Namespace`` in ``-e`` checkpoints) is left to the
 launcher, which calls ``torch.serialization.add_safe_globals``.
 """
 from __future__ import annotations
@@ -110,37 +115,50 @@ def _threshold(text: str) -> float:
     return float(text)
 
 
-def _runs(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Start and end (exclusive) indices of the runs of True in ``mask``."""
+def _first_run(mask: np.ndarray, length: int) -> Optional[int]:
+    """Index where ``mask`` first stays True for ``length`` samples in a row, or None."""
     edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
-    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    hits = np.flatnonzero(ends - starts >= max(1, length))
+    return int(starts[hits[0]]) if hits.size else None
 
 
 def _silence(x: np.ndarray, rate: int, args: Sequence[str]) -> np.ndarray:
-    """SoX ``silence ABOVE DUR THR [-1 DUR THR]``: cut the lead-in, and every long pause if -1 is given."""
-    if len(args) not in (3, 6) or args[0] not in ("0", "1") or (len(args) == 6 and args[3] != "-1"):
-        raise NotImplementedError(f"silence {' '.join(args)}: only 'silence 0|1 DUR THR [-1 DUR THR]' has a "
+    """SoX ``silence 1 DUR THR [-N DUR THR]`` (what the ASV recipe uses), as SoX's state machine does it.
+
+    SoX judges loudness by the RMS of the last 20 ms (a window that starts, and restarts, full of
+    zeros). Output begins once DUR samples in a row are loud; in the copy phase a quiet stretch of DUR
+    samples is dropped and, with a negative period count, the search for sound starts over with a
+    cleared window; shorter pauses are kept. Evaluated run by run rather than sample by sample.
+    """
+    if len(args) not in (3, 6) or args[0] != "1" or (len(args) == 6 and not args[3].startswith("-")):
+        raise NotImplementedError(f"silence {' '.join(args)}: only 'silence 1 DUR THR [-N DUR THR]' has a "
                                   "fallback; install libsox (apt-get install libsox-dev)")
-    power = (x.astype(np.float64) ** 2).mean(axis=0)
-    window = max(1, rate // 50)  # SoX judges loudness by the RMS of a 20 ms window
-    csum = np.concatenate(([0.0], np.cumsum(power)))
-    idx = np.arange(power.size)
-    lo, hi = np.maximum(0, idx - window // 2), np.minimum(power.size, idx + window - window // 2)
-    rms = np.sqrt((csum[hi] - csum[lo]) / (hi - lo))
-    keep = np.ones(power.size, dtype=bool)
-    start = 0
-    if args[0] == "1":
-        need, thr = _seconds_or_samples(args[1], rate), _threshold(args[2])
-        starts, ends = _runs(rms > thr)
-        long_enough = np.flatnonzero(ends - starts >= max(1, need))
-        start = int(starts[long_enough[0]]) if long_enough.size else power.size
-        keep[:start] = False
-    if len(args) == 6:
-        need, thr = _seconds_or_samples(args[4], rate), _threshold(args[5])
-        starts, ends = _runs(rms <= thr)
-        for s, e in zip(starts, ends):
-            if e - s >= max(1, need) and e > start:
-                keep[max(s, start):e] = False
+    n = x.shape[1]
+    window = max(1, rate // 50)
+    csum = np.concatenate(([0.0], np.cumsum((x.astype(np.float64) ** 2).sum(axis=0))))
+    start_need, start_thr = _seconds_or_samples(args[1], rate), _threshold(args[2])
+    stop_need, stop_thr = ((_seconds_or_samples(args[4], rate), _threshold(args[5])) if len(args) == 6
+                           else (0, 0.0))
+    keep = np.zeros(n, dtype=bool)
+    cleared = 0  # where the RMS window was last emptied
+    while cleared < n:
+        idx = np.arange(cleared, n)
+        rms = np.sqrt((csum[idx + 1] - csum[np.maximum(cleared, idx + 1 - window)]) / window)
+        # SoX keeps the RMS as a 32-bit integer sample and compares it, as a fraction of full scale, with ">"
+        level = np.floor(rms * 2.0 ** 31) / (2.0 ** 31 - 1)
+        loud = _first_run(level > start_thr, start_need)
+        if loud is None:
+            break  # the rest is silence
+        if not stop_need:
+            keep[cleared + loud:] = True
+            break
+        quiet = _first_run(level[loud:] <= stop_thr, stop_need)
+        if quiet is None:
+            keep[cleared + loud:] = True  # short trailing pauses are flushed at the end
+            break
+        keep[cleared + loud: cleared + loud + quiet] = True
+        cleared += loud + quiet + stop_need
     return x[:, keep]
 
 
@@ -262,6 +280,32 @@ def _patch_sv_length_cache(dataset_module: types.ModuleType) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
+# every recipe with a dev set: the first evaluation is the best so far
+
+
+def _patch_first_dev_is_best(expert_module: types.ModuleType, higher_is_better: Optional[bool]) -> None:
+    """Start ``best_score`` at the worst value, so the first dev evaluation always writes <dev>-best.ckpt.
+
+    s3prl starts it at the metric's bound (accuracy 0, WER 100, ...) and saves only on a strict
+    improvement, so a short run that stays at the bound (IC at 0 %, CTC emitting only blanks) ends
+    without the checkpoint that SUPERB evaluates. ``higher_is_better=None``: the expert says
+    (``metric_higher_better``, the ctc recipe).
+    """
+    cls = expert_module.DownstreamExpert
+    if _is_marked(cls.__init__):
+        return
+    original = cls.__init__
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        higher = self.metric_higher_better if higher_is_better is None else higher_is_better
+        self.best_score.fill_(-float("inf") if higher else float("inf"))
+
+    cls.__init__ = _marked(__init__)
+
+
+# ----------------------------------------------------------------------------------------------------
 # SID: path-list cache
 
 
@@ -349,16 +393,16 @@ class LibriPhoneDataset(torch.utils.data.Dataset):
 
 def _provide_ctc_corpus() -> None:
     name = "s3prl.downstream.ctc.corpus"
+    if f"{name}.libriphone" in sys.modules:
+        return
     try:
         if importlib.util.find_spec(f"{name}.libriphone") is not None:
             return  # a git checkout of s3prl has the real one
     except ModuleNotFoundError:
         pass
-    if f"{name}.libriphone" in sys.modules:
-        return
-    package = types.ModuleType(name, "Stand-in for s3prl's ctc/corpus, absent from the PyPI package")
-    package.__path__ = []
-    module = types.ModuleType(f"{name}.libriphone")
+    package = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, None, is_package=True))
+    package.__doc__ = "Stand-in for s3prl's ctc/corpus package, which the PyPI package does not ship"
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(f"{name}.libriphone", None))
     module.LibriPhoneDataset = LibriPhoneDataset
     package.libriphone = module
     sys.modules[name], sys.modules[module.__name__] = package, module
@@ -403,11 +447,16 @@ def _cache_dir() -> Path:
     return Path(_STATE["cache_dir"])
 
 
+_first_dev_is_best_acc = functools.partial(_patch_first_dev_is_best, higher_is_better=True)
+
 _DOWNSTREAM_PATCHES: Dict[str, List[Tuple[str, Callable[[types.ModuleType], None]]]] = {
     "sv_voxceleb1": [("expert", _patch_sv_device), ("dataset", _patch_sv_length_cache), ("dataset", _patch_sox)],
-    "speech_commands": [("dataset", _patch_sox)],
-    "voxceleb1": [("dataset", _patch_sid_cache)],
-    "ctc": [],
+    "speech_commands": [("dataset", _patch_sox), ("expert", _first_dev_is_best_acc)],
+    "voxceleb1": [("dataset", _patch_sid_cache), ("expert", _first_dev_is_best_acc)],
+    "fluent_commands": [("expert", _first_dev_is_best_acc)],
+    "emotion": [("expert", _first_dev_is_best_acc)],
+    "asr": [("expert", functools.partial(_patch_first_dev_is_best, higher_is_better=False))],  # WER
+    "ctc": [("expert", functools.partial(_patch_first_dev_is_best, higher_is_better=None))],
 }
 
 
@@ -447,6 +496,7 @@ def apply(cache_dir: Union[None, str, Path] = None) -> None:
         return
     _shim_audio_backend()
     _fix_isinstance_hack()
+    _provide_ctc_corpus()  # cheap, and lets callers import it before any Runner exists
     _hook_runner()
     for name in _DOWNSTREAM_PATCHES:  # recipes imported before apply() are patched now
         if any(m.startswith(f"s3prl.downstream.{name}.") for m in list(sys.modules)):

@@ -18,7 +18,7 @@ import csv
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -329,6 +329,8 @@ def _resolve_real(spec: TaskSpec, root: Path, given: Dict[str, Any], assets: Pat
             # parsed at start-up but never scored (SUPERB's ASV has no dev set): any trial list will do
             out.setdefault("dev_meta_data", str(vox / "veri_dev.txt") if (vox / "veri_dev.txt").is_file()
                            else out["test_meta_data"])
+            if "train_meta_data" not in out and (vox / "dev_speaker_ids.txt").is_file():
+                out["train_meta_data"] = str(vox / "dev_speaker_ids.txt")
             if "train_meta_data" not in out:  # unused by the loader, which trains on all of dev/wav
                 ids = sorted(p.name for p in (vox / "dev" / "wav").iterdir() if p.is_dir())
                 path = assets / "dev_speaker_ids.txt"
@@ -343,7 +345,9 @@ def _resolve_real(spec: TaskSpec, root: Path, given: Dict[str, Any], assets: Pat
         libri = Path(out.setdefault(key, str(found)))
         if name == "asr" and "bucket_file" not in out:
             section = config["downstream_expert"]["datarc"]
-            splits = sorted({s for k in ("train", "dev-clean", "test-clean") for s in section.get(k, [])})
+            # every split the config can train or evaluate on that is present (test-other is optional)
+            splits = sorted({s for k in ("train", "dev-clean", "dev-other", "test-clean", "test-other")
+                             for s in section.get(k, []) if k in ("train", "dev-clean") or (libri / s).is_dir()})
             have = next((d for d in (libri / "len_for_bucket", root / "len_for_bucket")
                          if all((d / f"{s}.csv").is_file() for s in splits)), None)
             if have is None:
@@ -417,6 +421,13 @@ def load_task_config(task: str, scale: str = "full") -> dict:
 _ALIASES = {"lr": "optimizer.lr", "total_steps": "runner.total_steps"}
 
 
+def _absolute_data_value(key: str, value: Any) -> Any:
+    if key == "lexicon":  # a list of files
+        values = [value] if isinstance(value, (str, Path)) else list(value)
+        return [str(Path(v).expanduser().resolve()) for v in values]
+    return str(Path(value).expanduser().resolve())
+
+
 def build_config(task: str, data_root: Union[str, Path], out_path: Union[str, Path], scale: str = "full",
                  **overrides: Any) -> Path:
     """Write a ready-to-run s3prl config.yaml for ``task`` to ``out_path`` and return its path.
@@ -437,25 +448,27 @@ def build_config(task: str, data_root: Union[str, Path], out_path: Union[str, Pa
     root = root.resolve()
     out_path = Path(out_path).expanduser().resolve()
 
-    given: Dict[str, Any] = {}
+    given: Dict[str, Any] = {}  # data keys the caller fixed: used as they are, never searched for
     dotted: Dict[str, Any] = {}
     for key, value in overrides.items():
-        if key in spec.data_keys:
-            if key == "lexicon" and isinstance(value, (str, Path)):
-                value = [value]
-            given[key] = [str(Path(v).expanduser().resolve()) for v in value] if key == "lexicon" \
-                else str(Path(value).expanduser().resolve())
-        elif key == "test_fold":
+        if key == "test_fold":
             if value not in spec.folds:
                 raise TaskConfigError(f"{task}: test_fold must be one of {', '.join(spec.folds) or '(no folds)'}; "
                                       f"got {value!r}")
-            dotted[f"{_DATARC}.test_fold"] = value
-        elif key in _ALIASES or "." in key:
-            dotted[_ALIASES.get(key, key)] = value
+            key = f"{_DATARC}.test_fold"
+        key = _ALIASES.get(key, key)
+        section, _, leaf = key.rpartition(".")
+        if key in spec.data_keys or (section == spec.data_section and leaf in spec.data_keys):
+            given[leaf or key] = _absolute_data_value(leaf or key, value)
+        elif "." in key:
+            dotted[key] = value
         else:
             raise TaskConfigError(
                 f"{task}: unknown override {key!r}; use one of {', '.join(spec.data_keys)}, lr, total_steps"
                 f"{', test_fold' if spec.folds else ''}, or a dotted config path like runner.eval_step")
+
+    for key, value in dotted.items():  # before locating data: they may change which splits are used
+        _set_dotted(config, key, value)
 
     from .corpus import load_manifest
 
@@ -467,8 +480,6 @@ def build_config(task: str, data_root: Union[str, Path], out_path: Union[str, Pa
         _set_dotted(config, f"{spec.data_section}.{key}", data[key])
     for key, filename in spec.assets.items():
         _set_dotted(config, key, str(spec.config_dir / filename))
-    for key, value in dotted.items():
-        _set_dotted(config, key, value)
 
     from lighthubert_s3prl.io_utils import atomic_write_text
 
