@@ -1,0 +1,408 @@
+"""collect / package / reference on hand-made s3prl expdirs: every status, format check and refusal.
+
+These need no s3prl run (each test takes milliseconds); tests/test_superb_pipeline.py runs the same
+commands on real runs.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Dict, Optional
+
+import pytest
+import yaml
+
+from lighthubert_s3prl.cli import main as cli_main
+from lighthubert_s3prl.superb import collect, package, reference, runner
+
+DOWNSTREAM = {"pr": "ctc", "ks": "speech_commands", "ic": "fluent_commands", "sid": "voxceleb1", "er": "emotion",
+              "asr": "asr", "asv": "sv_voxceleb1"}
+PRED = {"pr": ("test-hyp.ark", "utt{i} AH B K"), "asr": ("test-clean-noLM-hyp.ark", "utt{i} HELLO WORLD"),
+        "ks": ("test_predict.txt", "yes-{i}.wav yes"), "ic": ("test_predict.csv", "f{i},activate,lamp,none"),
+        "sid": ("test_predict.txt", "id10001-v-{i} id10002"), "asv": ("test_predict.txt", "a{i}_b{i} 0.5")}
+TRUTH = {"pr": "test-ref.ark", "asr": "test-clean-noLM-ref.ark", "ks": "test_truth.txt", "ic": "test_truth.csv",
+         "sid": "test_truth.txt", "asv": "test_truth.txt"}
+
+
+def _s3prl_files(expdir: Path, task: str, fold: Optional[str] = None, total: int = 10, save: int = 10,
+                 steps=(10,)) -> None:
+    """What s3prl leaves in an expdir: args/config yaml, states checkpoints."""
+    expdir.mkdir(parents=True, exist_ok=True)
+    (expdir / "args_2026-01-01-00-00-00.yaml").write_text(yaml.safe_dump(
+        {"downstream": DOWNSTREAM[task], "mode": "train", "expdir": str(expdir)}))
+    config = {"runner": {"total_steps": total, "save_step": save}}
+    if fold:
+        config["downstream_expert"] = {"datarc": {"test_fold": fold}}
+    (expdir / "config_2026-01-01-00-00-00.yaml").write_text(yaml.safe_dump(config))
+    for step in steps:
+        (expdir / f"states-{step}.ckpt").write_bytes(b"x")
+
+
+def fake_unit(root: Path, task: str, value: float, fold: Optional[str] = None, lines: int = 3,
+              params: int = 2_520_064) -> Path:
+    """A unit the runner finished: s3prl files + predictions + runner result and done marker."""
+    expdir = runner.unit_expdir(root, task, fold)
+    _s3prl_files(expdir, task, fold)
+    if task == "er":
+        name, line = f"test_{fold}_predict.txt", "Ses0{i}F_impro01_F000 neu"
+        (expdir / f"test_{fold}_truth.txt").write_text("".join(f"s{i} neu\n" for i in range(lines)))
+    else:
+        name, line = PRED[task]
+        (expdir / TRUTH[task]).write_text("".join(f"t{i} x\n" for i in range(lines)))
+    pred = expdir / name
+    pred.write_text("".join(line.format(i=i) + "\n" for i in range(lines)))
+    result = {"task": task, "fold": fold, "value": value, "percent": runner.to_percent(task, value),
+              "split": "test-clean" if task == "asr" else "test", "ckpt": "dev-best.ckpt", "prediction_file": name,
+              "prediction_sha256": runner.sha256_of(pred), "params": params}
+    if task == "asv":
+        result["ckpt"] = "states-10.ckpt"
+        runner.write_json(expdir / runner.SWEEP_FILE, {"best_ckpt": "states-10.ckpt",
+                                                       "prediction_sha256": runner.sha256_of(pred)})
+    runner.write_json(expdir / runner.RESULT_FILE, result)
+    (expdir / runner.DONE_FILE).write_text("done\n")
+    (expdir / runner.TRAIN_DONE_FILE).write_text("{}")
+    return expdir
+
+
+VALUES = {"pr": 0.25, "ks": 0.5, "ic": 0.25, "sid": 0.125, "asr": 80.0, "asv": 0.25}
+ER_VALUES = {"fold1": 0.5, "fold2": 0.25, "fold3": 0.5, "fold4": 0.25, "fold5": 0.5}
+
+
+@pytest.fixture
+def full_root(tmp_path) -> Path:
+    """An experiment root with all seven tasks finished (ER: five folds)."""
+    root = tmp_path / "exp"
+    root.mkdir()
+    runner.write_json(root / runner.MANIFEST_NAME, {"upstream": "lighthubert_local", "ckpt": "/x/tiny.pt",
+                                                    "subnet": None, "scale": "ci", "tasks": list(runner.TASK_ORDER)})
+    for task, value in VALUES.items():
+        fake_unit(root, task, value)
+    for fold, value in ER_VALUES.items():
+        fake_unit(root, "er", value, fold)
+    return root
+
+
+# ----------------------------------------------------------------------------------------------------
+# reference rows and the score
+
+
+def test_score_formula_reproduces_published_leaderboard_scores():
+    checks = reference.check_reference_scores()
+    assert len(checks) == 7
+    for key, computed, published in checks:
+        assert abs(computed - published) < 2.0, (key, computed, published)
+
+
+def test_partial_score_is_the_mean_of_task_terms():
+    small = reference.REFERENCES["lighthubert_small"]
+    score = reference.superb_score(small.values, ["ks", "pr"])
+    expected = 1000 * (reference.task_term("ks", 96.07) + reference.task_term("pr", 6.60)) / 2
+    assert score.partial and score.tasks == ("pr", "ks") and score.value == pytest.approx(expected)
+    assert "partial: 2/10 tasks" in score.describe()
+    assert reference.superb_score({}, None) is None
+    assert reference.task_term("ks", 41.38) == pytest.approx(0.0) and reference.task_term("asr", 3.62) == pytest.approx(1.0)
+
+
+def test_reference_selection_errors():
+    assert [r.key for r in reference.select_references(None)] == list(reference.DEFAULT_REFERENCES)
+    assert reference.select_references("none") == []
+    with pytest.raises(reference.ScoreError, match="unknown reference model"):
+        reference.select_references("wav2vec9")
+    with pytest.raises(reference.ScoreError, match="takes 2 values"):
+        reference.task_term("sf", 80.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# collect
+
+
+def test_collect_full_root(full_root, tmp_path):
+    out = tmp_path / "table"
+    assert cli_main(["collect", str(full_root), "-o", str(out), "--names", "mine", "-q"]) == 0
+    data = json.loads((out / "superb_results.json").read_text())
+    mine = data["rows"][0]
+    assert mine["name"] == "mine" and mine["kind"] == "ours" and mine["params_m"] == pytest.approx(2.520064)
+    shown = {t: mine["tasks"][t]["display"] for t in reference.OUR_TASKS}
+    assert shown == {"pr": "25.00", "ks": "50.00", "ic": "25.00", "sid": "12.50", "er": "40.00", "asr": "80.00",
+                     "asv": "25.00"}
+    assert data["score_tasks"] == ["pr", "ks", "ic", "sid", "er", "asr", "asv"] and data["score_partial"] is True
+    expected = reference.superb_score({"pr": 25, "ks": 50, "ic": 25, "sid": 12.5, "er": 40, "asr": 80, "asv": 25})
+    assert mine["superb_score"] == pytest.approx(expected.value)
+    names = [r["name"] for r in data["rows"]]
+    assert names == ["mine", "LightHuBERT Small", "HuBERT Base", "DistilHuBERT", "DPHuBERT"]
+    # reference rows are scored over the same seven tasks, beside their published 10-task score
+    small = data["rows"][1]
+    assert small["leaderboard_score"] == 901
+    assert small["superb_score"] == pytest.approx(
+        reference.REFERENCES["lighthubert_small"].score(reference.OUR_TASKS).value)
+    md = (out / "superb_results.md").read_text()
+    assert "| **mine** | 2.52 | 25.00 | 50.00 |" in md and "partial" in md and "7/10 tasks" in md
+    csv_lines = (out / "superb_results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("model,kind,params_m,pr,ks,ic,sid,er,asr,asv,superb_score")
+    assert (out / "superb_results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_collect_shows_unfinished_work_by_status(full_root, tmp_path):
+    import shutil
+
+    shutil.rmtree(full_root / "er" / "fold3")  # an ER fold missing
+    (full_root / "ks" / runner.DONE_FILE).unlink()  # trained, test result not recorded
+    (full_root / "ks" / runner.RESULT_FILE).unlink()
+    shutil.rmtree(full_root / "ic")  # never started
+    sid = full_root / "sid"  # interrupted training: checkpoints, no markers
+    for name in (runner.DONE_FILE, runner.RESULT_FILE, runner.TRAIN_DONE_FILE):
+        (sid / name).unlink()
+    (sid / "states-10.ckpt").rename(sid / "states-5.ckpt")
+    (full_root / "asr" / runner.DONE_FILE).unlink()
+    runner.write_json(full_root / "asr" / runner.FAILED_FILE, {"stage": "test", "message": "s3prl exited with code 1"})
+    table = collect.collect([full_root])
+    row = table.rows[0]
+    shown = {t: row.tasks[t].display for t in reference.OUR_TASKS}
+    assert shown == {"pr": "25.00", "ks": "untested", "ic": "missing", "sid": "stopped", "er": "4/5 folds",
+                     "asr": "failed", "asv": "25.00"}
+    assert row.tasks["er"].folds["fold3"].status == "missing"
+    assert table.score_tasks == ("pr", "asv")  # only finished tasks are scored
+    md = collect.to_markdown(table)
+    assert "4/5 folds" in md and "partial" in md and "2/10 tasks (PR, ASV)" in md
+
+
+def test_collect_running_unit_is_running(full_root):
+    import os
+    import socket
+
+    (full_root / "ks" / runner.DONE_FILE).unlink()
+    runner.write_json(full_root / "ks" / runner.LOCK_FILE, {"pid": os.getpid(), "host": socket.gethostname()})
+    assert collect.collect([full_root]).rows[0].tasks["ks"].display == "running"
+
+
+def test_collect_reads_plain_s3prl_expdirs(tmp_path):
+    """No runner files: numbers from s3prl's own log.log and test_expdir.sh outputs."""
+    exps = tmp_path / "plain"
+    ks = exps / "ks_run"
+    _s3prl_files(ks, "ks")
+    (ks / "log.log").write_text("dev at step 5: 0.3\nNew best on dev at step 5: 0.3\ntest at step 5: 0.4\n"
+                                "dev at step 10: 0.2\ntest at step 10: 0.1\n")
+    ic = exps / "ic_run"  # evaluated with -m evaluate afterwards: "test at step 0"
+    _s3prl_files(ic, "ic")
+    (ic / "log.log").write_text("dev at step 10: 0.5\nNew best on dev at step 10: 0.5\ntest at step 0: 0.75\n")
+    er = exps / "emotion_a"  # fold read from the saved config, not the folder name
+    _s3prl_files(er, "er", fold="fold2", total=20, steps=(10,))  # training half done
+    (er / "log.log").write_text("dev at step 10: 0.5\nNew best on dev at step 10: 0.5\ntest at step 10: 0.6\n")
+    asv = exps / "sv"
+    _s3prl_files(asv, "asv", steps=(10, 20), total=20)
+    for step, eer in ((10, 0.3), (20, 0.2)):
+        (asv / f"states-{step}").mkdir()
+        (asv / f"states-{step}" / "log.txt").write_text(f"sv-voxceleb1/test-EER: {eer}\n")
+    pr = exps / "pr_run"
+    _s3prl_files(pr, "pr")  # trained, no result anywhere
+    row = collect.collect_model(exps)
+    assert row.tasks["ks"].percent == pytest.approx(40.0) and "dev-best step 5" in row.tasks["ks"].detail
+    assert row.tasks["ic"].percent == pytest.approx(75.0)
+    assert row.tasks["asv"].percent == pytest.approx(20.0)
+    assert row.tasks["pr"].status == "untested"
+    assert row.tasks["er"].display == "0/5 folds (running)"
+    assert row.tasks["er"].folds["fold2"].status == "running"
+    assert row.tasks["asr"].status == "missing"
+
+
+def test_collect_errors(tmp_path, capsys):
+    assert cli_main(["collect", str(tmp_path / "nope")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    tmp_path.joinpath("a").mkdir()
+    assert cli_main(["collect", str(tmp_path / "a"), "--names", "x", "y"]) == 2
+    assert "one per dir" in capsys.readouterr().err
+    assert cli_main(["collect", str(tmp_path / "a"), "--references", "bogus"]) == 2
+    assert "unknown reference model" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------
+# package public
+
+
+def _members(path: Path) -> Dict[str, bytes]:
+    with zipfile.ZipFile(path) as archive:
+        return {i.filename: archive.read(i) for i in archive.infolist() if not i.is_dir()}
+
+
+def test_package_public_from_root(full_root, tmp_path, capsys):
+    out = tmp_path / "predict.zip"
+    assert cli_main(["package", "public", "--from", str(full_root), "-o", str(out)]) == 0
+    members = _members(out)
+    assert sorted(members) == sorted([
+        "predict/pr_public/predict.ark", "predict/asr_public/predict.ark", "predict/ks_public/predict.txt",
+        "predict/ic_public/predict.csv", "predict/sid_public/predict.txt", "predict/sv_public/predict.txt"] +
+        [f"predict/er_fold{i}_public/predict.txt" for i in range(1, 6)])
+    assert members["predict/ks_public/predict.txt"] == (full_root / "ks" / "test_predict.txt").read_bytes()
+    assert "valid public-set submission (11 file(s))" in capsys.readouterr().out
+    assert cli_main(["package", "validate", str(out)]) == 0
+    # same inputs, same bytes
+    again = tmp_path / "again.zip"
+    package.build_public(package.sources_from_exp_root(full_root), again)
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_package_public_with_exp_keys(full_root, tmp_path):
+    out = tmp_path / "p.zip"
+    args = ["package", "public", "--exp", f"ks={full_root / 'ks'}", "--exp", f"sv={full_root / 'asv'}",
+            "--exp", f"er={full_root / 'er'}", "-o", str(out)]
+    assert cli_main(args) == 0
+    assert len(_members(out)) == 7
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("er_fold_missing", "er: 4/5 folds finished (fold2 missing)"),
+    ("unfinished_task", "sid: not finished"),
+    ("empty_prediction", "is empty"),
+    ("fewer_predictions", "has 2 predictions but test_truth.txt lists 3"),
+    ("asv_unswept", "was not chosen by a checkpoint sweep"),
+    ("changed_after_test", "changed after the runner tested"),
+    ("bad_line", "expected 2"),
+])
+def test_package_refuses_incomplete_or_broken(full_root, tmp_path, capsys, breakage, message):
+    import shutil
+
+    if breakage == "er_fold_missing":
+        shutil.rmtree(full_root / "er" / "fold2")
+    elif breakage == "unfinished_task":
+        (full_root / "sid" / runner.DONE_FILE).unlink()
+    elif breakage == "empty_prediction":
+        (full_root / "ks" / "test_predict.txt").write_text("")
+    elif breakage == "fewer_predictions":
+        pred = full_root / "ks" / "test_predict.txt"
+        pred.write_text("".join(pred.read_text().splitlines(keepends=True)[:2]))
+    elif breakage == "asv_unswept":
+        (full_root / "asv" / runner.SWEEP_FILE).unlink()
+    elif breakage == "changed_after_test":
+        pred = full_root / "sid" / "test_predict.txt"
+        pred.write_text(pred.read_text().replace("id10002", "id10003"))
+    elif breakage == "bad_line":
+        (full_root / "ks" / "test_predict.txt").write_text("a yes\nb\nc no\n")
+    out = tmp_path / "predict.zip"
+    assert cli_main(["package", "public", "--from", str(full_root), "-o", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_package_refuses_four_er_folds_by_key(full_root, tmp_path, capsys):
+    args = ["package", "public", "-o", str(tmp_path / "p.zip")]
+    for i in (1, 2, 3, 5):
+        args += ["--exp", f"er_fold{i}={full_root / 'er' / f'fold{i}'}"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "ER is incomplete: er_fold4 missing" in err and "all 5 folds" in err
+    # leaving ER out entirely is a valid (subset) submission
+    assert cli_main(["package", "public", "--from", str(full_root), "--skip", "er", "-o", str(tmp_path / "q.zip")]) == 0
+
+
+def test_package_argument_errors(full_root, tmp_path, capsys):
+    assert cli_main(["package", "public", "--exp", "qbe=/x", "-o", str(tmp_path / "p.zip")]) == 2
+    assert "unknown task key 'qbe'" in capsys.readouterr().err
+    assert cli_main(["package", "public", "--exp", f"ks={tmp_path / 'nope'}", "-o", str(tmp_path / "p.zip")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli_main(["package", "public", "-o", str(tmp_path / "p.zip")]) == 2
+    assert "nothing to package" in capsys.readouterr().err
+    assert cli_main(["package", "public", "--from", str(tmp_path), "-o", str(tmp_path / "p.zip")]) == 2
+    assert "not a run_superb.sh experiment root" in capsys.readouterr().err
+    assert cli_main(["package", "public", "--exp", f"ks={full_root / 'ks'}", "-o", str(tmp_path / "p.tar")]) == 2
+    assert "takes a .zip" in capsys.readouterr().err
+
+
+def test_validate_archive_rejects_bad_layouts(tmp_path):
+    def make(members):
+        path = tmp_path / f"a{len(list(tmp_path.iterdir()))}.zip"
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in members.items():
+                archive.writestr(name, data)
+        return path
+
+    with pytest.raises(package.PackageError, match="unexpected member 'ks_public/predict.txt'"):
+        package.validate_archive(make({"ks_public/predict.txt": "a yes\n"}))
+    with pytest.raises(package.PackageError, match="ER is incomplete"):
+        package.validate_archive(make({"predict/er_fold1_public/predict.txt": "a neu\n"}))
+    with pytest.raises(package.PackageError, match="is not a number"):
+        package.validate_archive(make({"predict/sv_public/predict.txt": "a_b high\n"}))
+    with pytest.raises(package.PackageError, match="4"):
+        package.validate_archive(make({"predict/ic_public/predict.csv": "a,b,c\n"}))
+    with pytest.raises(package.PackageError, match="not a zip archive"):
+        (tmp_path / "x.zip").write_text("no")
+        package.validate_archive(tmp_path / "x.zip")
+    assert package.validate_archive(make({"predict/pr_public/predict.ark": "u1 AH\nu2 \n"})) == {"pr": 2}
+
+
+# ----------------------------------------------------------------------------------------------------
+# package hidden
+
+
+FAKE_EXPERT = '''
+import torch
+
+class UpstreamExpert(torch.nn.Module):
+    def __init__(self, ckpt, **kwargs):
+        super().__init__()
+        self.proj = torch.nn.Linear(320, {dim})
+        self.proj.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+
+    def get_downsample_rates(self, key):
+        return {rate}
+
+    def forward(self, wavs):
+        n = max(len(w) for w in wavs) // 320
+        x = torch.stack([torch.nn.functional.pad(w, (0, n * 320 - len(w)))[: n * 320].view(n, 320) for w in wavs])
+        h = self.proj(x)
+        return {{"hidden_states": [h, h + 1]}}
+'''
+
+
+def _fake_hidden(folder: Path, rate: int = 320, extra: str = "") -> Path:
+    import torch
+
+    folder.mkdir(parents=True)
+    (folder / "expert.py").write_text(extra + FAKE_EXPERT.format(dim=8, rate=rate))
+    torch.save(torch.nn.Linear(320, 8).state_dict(), folder / "model.pt")
+    return folder
+
+
+def test_validate_hidden_folder(tmp_path):
+    report = package.validate_hidden_folder(_fake_hidden(tmp_path / "ok"))
+    assert report["tasks"]["PR"] == {"layers": 2, "shape": [3, 185, 8], "rate": 320}
+    assert set(report["tasks"]) == set(package.HIDDEN_TASKS)
+    with pytest.raises(package.PackageError, match="frames but round"):
+        package.validate_hidden_folder(_fake_hidden(tmp_path / "rate", rate=160))
+    # the folder must not need this package: it is not importable during the check
+    with pytest.raises(package.PackageError, match="must load on its own"):
+        package.validate_hidden_folder(_fake_hidden(tmp_path / "dep", extra="import lighthubert_s3prl\n"))
+    # ... unless its requirements.txt declares it (the evaluators pip-install those)
+    declared = _fake_hidden(tmp_path / "declared", extra="import lighthubert_s3prl\n")
+    (declared / "requirements.txt").write_text("torch>=2.8  # cpu is fine\nlighthubert_s3prl>=0.1.0\n")
+    assert package.validate_hidden_folder(declared)["requirements"] == ["torch", "lighthubert-s3prl"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(package.PackageError, match="has no expert.py"):
+        package.validate_hidden_folder(tmp_path / "empty")
+
+
+def test_package_hidden_without_export_module(tmp_path, capsys, monkeypatch):
+    import sys
+
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"x")
+    monkeypatch.setitem(sys.modules, "lighthubert_s3prl.export", None)  # as if export.py were absent
+    assert cli_main(["package", "hidden", "--ckpt", str(ckpt), "--subnet", "small", "-o", str(tmp_path / "h")]) == 2
+    assert "needs lighthubert_s3prl.export.write_hidden_set_folder" in capsys.readouterr().err
+    assert cli_main(["package", "hidden", "--ckpt", str(tmp_path / "none.pt"), "--subnet", "small",
+                     "-o", str(tmp_path / "h")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_package_hidden_end_to_end(tmp_path):
+    """With the export module present: a tiny checkpoint's subnet becomes a folder that loads on its own."""
+    export = pytest.importorskip("lighthubert_s3prl.export")
+    if not hasattr(export, "write_hidden_set_folder"):
+        pytest.skip("lighthubert_s3prl.export.write_hidden_set_folder is not available yet")
+    from lighthubert_s3prl.checkpoint import tiny_model_config, write_random_checkpoint
+
+    ckpt = write_random_checkpoint(tmp_path / "tiny.pt", "small", seed=3, model_cfg=tiny_model_config())
+    subnet = tmp_path / "subnet.yaml"
+    subnet.write_text("subnet: {embed_dim: 64, layer_num: 10, heads_num: 1, ffn_ratio: 2.0}\n")
+    report = package.build_hidden(ckpt, str(subnet), tmp_path / "hidden")
+    assert report["tasks"]["PR"]["rate"] == 320 and report["tasks"]["PR"]["layers"] == 11

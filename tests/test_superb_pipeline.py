@@ -1,0 +1,309 @@
+"""The SUPERB pipeline end to end: scripts/run_superb.sh -> s3prl (through our launcher) -> collect -> package.
+
+One module-scoped run trains and tests all seven tasks (ER: five folds; ASV: a two-checkpoint sweep)
+on the ``ci`` mini corpus with a tiny seeded LightHuBERT, every run cut to 4 steps; the other tests
+read, copy or re-run it. Error paths use the runner in-process (no s3prl start-up).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from lighthubert_s3prl.cli import main as cli_main
+from lighthubert_s3prl.superb import runner
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "run_superb.sh"
+ALL_UNITS = ["pr", "ks", "ic", "sid", "er_fold1", "er_fold2", "er_fold3", "er_fold4", "er_fold5", "asr", "asv"]
+# 4 steps, one dev evaluation and one checkpoint at the end; ASV saves twice so the sweep has a choice
+TINY = ["--set", "runner.total_steps=4", "--set", "runner.eval_step=4", "--set", "runner.save_step=4",
+        "--set", "runner.log_step=2", "--set", "asv:runner.save_step=2", "--set", "asv:runner.max_keep=2",
+        "--threads", "1"]
+
+
+@pytest.fixture(scope="session")
+def superb_corpus(tmp_path_factory) -> Path:
+    from lighthubert_s3prl.superb.corpus import make_corpus
+
+    out = tmp_path_factory.mktemp("superb_corpus") / "corpus"
+    make_corpus(out, preset="ci", seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def superb_ckpt(tmp_path_factory) -> Path:
+    from lighthubert_s3prl.checkpoint import tiny_model_config, write_random_checkpoint
+
+    return write_random_checkpoint(tmp_path_factory.mktemp("superb_ckpt") / "tiny.pt", "small", seed=0,
+                                   model_cfg=tiny_model_config())
+
+
+def run_script(args, timeout: float = 1500) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=REPO)
+
+
+def _check(proc: subprocess.CompletedProcess) -> str:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    return out
+
+
+def base_args(ckpt: Path, corpus: Path, root: Path, tasks: str = "all"):
+    return ["-u", "lighthubert_local", "-k", ckpt, "--tasks", tasks, "--data", corpus, "--scale", "ci",
+            "--exp-root", root, *TINY]
+
+
+@pytest.fixture(scope="module")
+def pipeline(superb_corpus, superb_ckpt, tmp_path_factory):
+    root = tmp_path_factory.mktemp("superb_run") / "exp"
+    args = base_args(superb_ckpt, superb_corpus, root)
+    started = time.monotonic()
+    out = _check(run_script(args))
+    return SimpleNamespace(root=root, args=args, output=out, seconds=time.monotonic() - started,
+                           ckpt=superb_ckpt, corpus=superb_corpus)
+
+
+def _units(root: Path):
+    return {name: (root / "er" / name[3:] if name.startswith("er_") else root / name) for name in ALL_UNITS}
+
+
+# ----------------------------------------------------------------------------------------------------
+# the real run
+
+
+def test_every_task_trains_and_tests(pipeline):
+    root = pipeline.root
+    for name, expdir in _units(root).items():
+        assert (expdir / runner.DONE_FILE).is_file(), name
+        result = json.loads((expdir / runner.RESULT_FILE).read_text())
+        pred = expdir / result["prediction_file"]
+        assert pred.is_file() and pred.stat().st_size > 0, name
+        assert result["prediction_sha256"] == runner.sha256_of(pred)
+        assert result["params"] == 2_520_064  # the tiny checkpoint's subnet, read from the training log
+        assert (root / "logs" / f"{name}.train.log").is_file()
+        assert result["percent"] == pytest.approx(runner.to_percent(result["task"], result["value"]))
+    results = {n: json.loads((d / runner.RESULT_FILE).read_text()) for n, d in _units(root).items()}
+    assert results["asr"]["split"] == "test-clean" and results["asr"]["prediction_file"] == "test-clean-noLM-hyp.ark"
+    for fold in range(1, 6):  # each ER fold really tested its own session
+        assert results[f"er_fold{fold}"]["prediction_file"] == f"test_fold{fold}_predict.txt"
+        assert (root / "er" / f"fold{fold}" / f"test_fold{fold}_predict.txt").read_text().startswith(f"Ses0{fold}")
+    # ASV: both saved checkpoints were evaluated on the test trials and the best EER's predictions kept
+    sweep = json.loads((root / "asv" / runner.SWEEP_FILE).read_text())
+    assert sorted(sweep["eer_by_step"]) == ["2", "4"]
+    assert sweep["best_eer"] == min(sweep["eer_by_step"].values()) == results["asv"]["value"]
+    chosen = root / "asv" / "sweep" / f"states-{sweep['best_step']}" / "test_predict.txt"
+    assert chosen.read_bytes() == (root / "asv" / "test_predict.txt").read_bytes()
+    summary = json.loads((root / runner.SUMMARY_JSON).read_text())
+    assert [(u["unit"], u["status"]) for u in summary["units"]] == [(n, "done") for n in ALL_UNITS]
+    assert "units: 11 done" in pipeline.output and "lighthubert-s3prl collect" in pipeline.output
+    print(f"\n7 tasks / 11 units trained and tested in {pipeline.seconds:.0f} s")
+
+
+def test_collect_builds_the_table(pipeline, tmp_path):
+    out = tmp_path / "table"
+    assert cli_main(["collect", str(pipeline.root), "-o", str(out), "-q"]) == 0
+    data = json.loads((out / "superb_results.json").read_text())
+    ours = data["rows"][0]
+    assert ours["kind"] == "ours" and ours["params_m"] == pytest.approx(2.520064)
+    for task in ("pr", "ks", "ic", "sid", "er", "asr", "asv"):
+        cell = ours["tasks"][task]
+        assert cell["status"] == "done" and isinstance(cell["percent"], float), (task, cell)
+    ks = json.loads((pipeline.root / "ks" / runner.RESULT_FILE).read_text())
+    assert ours["tasks"]["ks"]["percent"] == pytest.approx(100 * ks["value"])
+    folds = [json.loads((pipeline.root / "er" / f"fold{i}" / runner.RESULT_FILE).read_text())["percent"]
+             for i in range(1, 6)]
+    assert ours["tasks"]["er"]["percent"] == pytest.approx(sum(folds) / 5)
+    assert data["score_tasks"] == ["pr", "ks", "ic", "sid", "er", "asr", "asv"] and ours["superb_score"] is not None
+    assert [r["name"] for r in data["rows"][1:]] == ["LightHuBERT Small", "HuBERT Base", "DistilHuBERT", "DPHuBERT"]
+    assert "SUPERB score (partial, 7 tasks)" in (out / "superb_results.md").read_text()
+    assert (out / "superb_results.csv").is_file() and (out / "superb_results.png").stat().st_size > 1000
+
+
+def test_package_public_archive_validates(pipeline, tmp_path, capsys):
+    out = tmp_path / "predict.zip"
+    assert cli_main(["package", "public", "--from", str(pipeline.root), "-o", str(out)]) == 0
+    assert "valid public-set submission (11 file(s))" in capsys.readouterr().out
+    with zipfile.ZipFile(out) as archive:
+        names = sorted(i.filename for i in archive.infolist() if not i.is_dir())
+        assert archive.read("predict/sv_public/predict.txt") == (pipeline.root / "asv" / "test_predict.txt").read_bytes()
+    assert names == sorted(["predict/asr_public/predict.ark", "predict/ic_public/predict.csv",
+                            "predict/ks_public/predict.txt", "predict/pr_public/predict.ark",
+                            "predict/sid_public/predict.txt", "predict/sv_public/predict.txt"] +
+                           [f"predict/er_fold{i}_public/predict.txt" for i in range(1, 6)])
+    assert cli_main(["package", "validate", str(out)]) == 0
+
+
+def test_incomplete_run_is_shown_and_refused(pipeline, tmp_path, capsys):
+    partial = tmp_path / "partial"
+    shutil.copytree(pipeline.root, partial, ignore=shutil.ignore_patterns("*.ckpt"))
+    shutil.rmtree(partial / "er" / "fold3")
+    table_dir = tmp_path / "table"
+    assert cli_main(["collect", str(partial), "-o", str(table_dir), "-q"]) == 0
+    row = json.loads((table_dir / "superb_results.json").read_text())["rows"][0]
+    assert row["tasks"]["er"]["display"] == "4/5 folds" and row["tasks"]["er"]["percent"] is None
+    assert cli_main(["package", "public", "--from", str(partial), "-o", str(tmp_path / "p.zip")]) == 2
+    err = capsys.readouterr().err
+    assert "er: 4/5 folds finished (fold3 missing)" in err and "all 5 folds" in err
+    assert not (tmp_path / "p.zip").exists()
+
+
+def test_rerun_skips_finished_units(pipeline):
+    stamps = {p: p.stat().st_mtime_ns for p in pipeline.root.rglob("*.ckpt")}
+    logs = {p: p.stat().st_size for p in (pipeline.root / "logs").iterdir()}
+    started = time.monotonic()
+    out = _check(run_script(pipeline.args))
+    assert time.monotonic() - started < 120
+    for unit in ("pr", "ks", "ic", "sid", "er/fold1", "er/fold5", "asr", "asv"):
+        assert f"{unit}: skipped, finished earlier" in out
+    assert "training (log" not in out and "testing" not in out and "units: 11 skipped" in out
+    assert {p: p.stat().st_mtime_ns for p in pipeline.root.rglob("*.ckpt")} == stamps  # no new training
+    assert {p: p.stat().st_size for p in (pipeline.root / "logs").iterdir()} == logs
+    summary = json.loads((pipeline.root / runner.SUMMARY_JSON).read_text())
+    assert {u["status"] for u in summary["units"]} == {"skipped"}
+
+
+def test_interrupted_training_resumes_from_latest_checkpoint(pipeline, tmp_path):
+    """A unit whose training stopped after saving states-4.ckpt continues with s3prl -a, in a moved root."""
+    moved = tmp_path / "moved"
+    shutil.copytree(pipeline.root, moved)
+    for name in (runner.DONE_FILE, runner.RESULT_FILE, runner.TRAIN_DONE_FILE):
+        (moved / "ks" / name).unlink()
+    args = base_args(pipeline.ckpt, pipeline.corpus, moved, tasks="ks")
+    out = _check(run_script(args))
+    assert "ks: resuming training from states-4.ckpt" in out and "units: 1 done" in out
+    log = (moved / "logs" / "ks.train.log").read_text(errors="replace")
+    last_run = log.rsplit("=====", 2)[-2]
+    assert f"Resume from {moved / 'ks' / 'states-4.ckpt'}" in last_run
+    result = json.loads((moved / "ks" / runner.RESULT_FILE).read_text())
+    assert result["test_log"].startswith(str(moved)) and (moved / "ks" / runner.DONE_FILE).is_file()
+
+
+# ----------------------------------------------------------------------------------------------------
+# dry run and bad input (no s3prl process)
+
+
+def test_help():
+    proc = run_script(["--help"], timeout=120)
+    assert proc.returncode == 0
+    for flag in ("--tasks", "--data-config", "--scale", "--lr", "--exp-root", "--gpus", "--dry-run", "-k", "-g"):
+        assert flag in proc.stdout
+
+
+def test_dry_run_lists_commands(superb_corpus, superb_ckpt, tmp_path, capsys):
+    root = tmp_path / "dry"
+    subnet = tmp_path / "subnet.yaml"
+    subnet.write_text("subnet: {embed_dim: 64, layer_num: 10, heads_num: 1, ffn_ratio: 2.0}\n")
+    argv = ["-u", "lighthubert_subnet", "-k", str(superb_ckpt), "-g", str(subnet), "--tasks", "all",
+            "--data", str(superb_corpus), "--exp-root", str(root), "--dry-run", "--gpus", "2", "--lr", "sid=5e-3", "--s3prl-args", "-l -1"]
+    assert runner.main(argv) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if not line.startswith("#")]
+    train = [line for line in lines if " -m train " in line]
+    test = [line for line in lines if " -m evaluate " in line]
+    assert len(train) == 11 and len(test) == 11
+    assert all("torch.distributed.run --standalone --nproc_per_node=2 -m lighthubert_s3prl.run_downstream" in line
+               for line in train)
+    assert all("-m lighthubert_s3prl.run_downstream" in line and "torch.distributed" not in line for line in test)
+    assert all(f"-k {superb_ckpt} -g {subnet}" in line and " -a " in line and "--device cuda" in line
+               and line.split(" > ")[0].rstrip().endswith(" -l -1") for line in train)
+    asr_test = next(line for line in test if "/asr/" in line)
+    assert "-t test-clean" in asr_test and "dev-clean-best.ckpt" in asr_test
+    for fold in range(1, 6):
+        assert any(f"test_fold=\"fold{fold}\"" in line and f"/er/fold{fold}" in line for line in train)
+    assert "states-N.ckpt" in out and "nothing was run or written" in out
+    assert not root.exists()
+
+
+def test_data_config_yaml_and_task_roots(superb_corpus, superb_ckpt, tmp_path, capsys):
+    data = tmp_path / "data.yaml"
+    data.write_text(f"default: {superb_corpus}\nks:\n  root: {superb_corpus}\n")
+    argv = ["-u", "lighthubert_local", "-k", str(superb_ckpt), "--tasks", "ks,er", "--data-config", str(data),
+            "--task-data", f"er={superb_corpus}", "--er-folds", "2", "--exp-root", str(tmp_path / "e"),
+            "--dry-run", "--gpus", "0"]
+    assert runner.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "/er/fold2" in out and "/er/fold1" not in out and "# dry run: 2 unit(s)" in out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--tasks", "ks,qbe"], "unknown task(s) qbe"),
+    (["--data", "/nonexistent/superb"], "data root /nonexistent/superb does not exist"),
+    (["--no-data"], "no data root for task(s) ks"),
+    (["-k", "/nonexistent/ckpt.pt"], "checkpoint not found: /nonexistent/ckpt.pt"),
+    (["--no-ckpt"], "-u lighthubert_local needs a checkpoint"),
+    (["-u", "lighthubert_subnet"], "-u lighthubert_subnet needs the subnet"),
+    (["-g", "/nonexistent/subnet.yaml"], "subnet config not found"),
+    (["--lr", "kws=1e-3"], "unknown task 'kws'"),
+    (["--lr", "ks=fast"], "is not a number"),
+    (["--set", "runner.total_steps"], "expected KEY=VALUE"),
+    (["--tasks", "er", "--er-folds", "7"], "unknown ER fold"),
+    (["--data-config", "/nonexistent/data.yaml"], "no such file"),
+    (["--gpus", "-1"], "--gpus must be 0 or more"),
+    (["--s3prl-args", "-d asr"], "-d is set by the runner"),
+])
+def test_bad_input_is_refused_with_the_reason(superb_corpus, superb_ckpt, tmp_path, capsys, extra, message):
+    argv = ["-u", "lighthubert_local", "-k", str(superb_ckpt), "--tasks", "ks", "--data", str(superb_corpus),
+            "--exp-root", str(tmp_path / "exp"), "--gpus", "0"]
+    if "--no-data" in extra:
+        argv.remove("--data"), argv.remove(str(superb_corpus))
+    if "--no-ckpt" in extra:
+        argv.remove("-k"), argv.remove(str(superb_ckpt))
+    if "-u" in extra:
+        argv = argv[2:]
+    argv += [e for e in extra if e not in ("--no-data", "--no-ckpt")]
+    assert runner.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("run_superb: error:") and message in err, err
+    assert not (tmp_path / "exp").exists()
+
+
+def test_bad_config_override_and_other_model_root(pipeline, superb_ckpt, superb_corpus, tmp_path, capsys):
+    argv = ["-u", "lighthubert_local", "-k", str(superb_ckpt), "--tasks", "ks", "--data", str(superb_corpus),
+            "--exp-root", str(tmp_path / "exp"), "--gpus", "0", "--set", "bogus_key=1"]
+    assert runner.main(argv) == 2
+    assert "unknown override 'bogus_key'" in capsys.readouterr().err
+    other = tmp_path / "other.pt"
+    shutil.copy(superb_ckpt, other)
+    argv = ["-u", "lighthubert_local", "-k", str(other), "--tasks", "ks", "--data", str(superb_corpus),
+            "--exp-root", str(pipeline.root), "--gpus", "0"]
+    assert runner.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds runs of another model" in err and "choose another --exp-root" in err
+
+
+def test_script_reports_errors_with_exit_code_2(tmp_path):
+    proc = run_script(["-u", "lighthubert_local", "-k", tmp_path / "missing.pt", "--tasks", "ks", "--data", tmp_path],
+                      timeout=300)
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------------
+# quickstart
+
+
+def test_quickstart_runs_and_resumes(superb_corpus, tmp_path, capsys):
+    from lighthubert_s3prl.superb import quickstart
+
+    work = tmp_path / "qs"
+    argv = [str(work), "--tasks", "ks", "--steps", "4", "--corpus", str(superb_corpus)]
+    assert quickstart.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| **LightHuBERT tiny (random, quickstart)** | 2.52 |" in out
+    assert (work / "checkpoints" / "lighthubert_tiny_seed0.pt").is_file()
+    assert (work / "results" / "superb_results.md").is_file() and (work / "exp" / "ks" / runner.DONE_FILE).is_file()
+    for where in ("corpus ", "checkpoint ", "runs ", "markdown ", "submission "):
+        assert where in out
+    assert quickstart.main(argv) == 0  # everything is reused
+    again = capsys.readouterr().out
+    assert "units: 1 skipped" in again
