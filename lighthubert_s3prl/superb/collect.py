@@ -376,7 +376,7 @@ def to_markdown(table: Table) -> str:
             notes.append(line)
     refs = [r for r in table.rows if r.kind == "reference"]
     if refs:
-        notes += ["", "Published rows (public set, from shared/docs/superb_and_peers.md §2): " +
+        notes += ["", "Published rows (public set): " +
                   "; ".join(f"{r.name} — {r.source}" for r in refs) + "."]
     return "\n".join(lines + notes) + "\n"
 

@@ -2,7 +2,7 @@
 
 ``package public`` builds the public-set ``predict.zip``: each task's test predictions, copied from its
 s3prl expdir into the leaderboard layout ``predict/<task>_public/...`` (the same file mapping as s3prl's
-``submit.py``; s3prl_notes.md §4). Before and after writing, the submission is validated, and an
+``submit.py``). Before and after writing, the submission is validated, and an
 incomplete one is refused with the reason: an ER fold missing (ER is scored only with all five), an
 empty or malformed prediction file, fewer predictions than test items, ASV predictions that the
 checkpoint sweep did not choose, predictions that changed since the runner tested the checkpoint.

@@ -1,10 +1,10 @@
 """Published SUPERB numbers to compare against, and the SUPERB score.
 
-Values are the public-set numbers collected in ``shared/docs/superb_and_peers.md`` §2 (DPHuBERT's paper
-table and the SUPERB leaderboard). Every metric is in the unit the leaderboard shows: PER, WER, EER,
+Values are public-set numbers from the SUPERB leaderboard and the DPHuBERT paper's Table 1 (with the
+ARMHuBERT/STaR tables where those give a value). Every metric is in the unit the leaderboard shows: PER, WER, EER,
 DER and accuracies in percent, QbE as MTWV, SF as (slot-type F1 %, slot-value CER %).
 
-The SUPERB score (leaderboard "Score", SLT-2022 challenge metric; §5.3) is::
+The SUPERB score (leaderboard "Score", the SLT-2022 challenge metric) is::
 
     score(u) = 1000 / T * sum_t mean_{m in metrics(t)} (s_m(u) - s_m(FBANK)) / (s_m(SOTA) - s_m(FBANK))
 
@@ -34,7 +34,7 @@ HIGHER_IS_BETTER: Dict[str, bool] = {
     "sd": False, "qbe": True, "sf": True,  # sf is (F1 higher, CER lower); the score handles each part
 }
 
-# normalisation anchors of the score (§5.3): SOTA as in the STaR table, FBANK as in DPHuBERT's table
+# normalisation anchors of the score: SOTA as in the STaR table, FBANK as in DPHuBERT's table
 SOTA: Dict[str, Value] = {"pr": 3.53, "asr": 3.62, "ks": 96.66, "qbe": 0.0736, "sid": 90.33, "asv": 5.11,
                           "sd": 5.62, "ic": 98.76, "sf": (89.81, 21.76), "er": 67.62}
 FBANK: Dict[str, Value] = {"pr": 82.01, "asr": 23.18, "ks": 41.38, "qbe": 0.0058, "sid": 20.06, "asv": 9.56,
