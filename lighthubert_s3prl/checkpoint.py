@@ -55,15 +55,19 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
-        if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
-            found = re.search(r"GLOBAL ([\w.]+)", text)
-            culprit = f" (it asks for {found.group(1)})" if found else ""
+        wanted = re.search(r"GLOBAL ([\w.]+)", text)
+        if wanted or "Unsupported global" in text:
+            culprit = f" (it asks for {wanted.group(1)})" if wanted else ""
             raise CheckpointError(
                 f"refusing to load {path}: unpickling it would need to import or run code{culprit}. "
                 f"Nothing in the file was executed. LightHuBERT checkpoints hold only dicts and tensors; "
                 f"re-save a trusted file as {{'cfg': ..., 'model': state_dict}} or use the official file."
             ) from None
-        raise CheckpointError(f"{path} is corrupted and cannot be unpickled ({text}); download it again") from None
+        # any other unpickler complaint (an unknown opcode, say) means the bytes are not a valid pickle
+        raise CheckpointError(
+            f"{path} is truncated or corrupted and cannot be read (not a valid checkpoint pickle); "
+            f"download or write it again"
+        ) from None
     except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways inside the unpickler
         raise CheckpointError(
             f"{path} is truncated or corrupted and cannot be read ({type(err).__name__}: {str(err).splitlines()[0]}); "

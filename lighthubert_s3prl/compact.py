@@ -4,21 +4,85 @@ The supernet slices (and copies) weights at every forward; here each tensor is c
 costs only the subnet's own arithmetic and memory. Parameter names follow the released layout with the
 subnet's shapes (``encoder.layers.{j}`` is the j-th *kept* layer), and a compact checkpoint holds just
 these weights plus the config, loadable with ``weights_only=True``.
+
+Two forwards are offered:
+
+* :meth:`CompactLightHuBERT.forward` takes a padded batch and mirrors the supernet's forward exactly
+  (padded frames included), for both padding modes.
+* :meth:`CompactLightHuBERT.forward_utterances` takes a list of waveforms and runs each one alone. That
+  is what ``padding_mode="exact"`` means anyway, and it skips all the work and memory spent on padding:
+  the CNN, whose first layer output is 512 x 3200 floats per second of audio, dominates both. Padded
+  frames of its outputs are zero.
+
+Inference dtypes: float32 is the reference. bfloat16 runs everywhere (on CPUs with AVX512-BF16 or AMX it
+is also much faster). float16 is fine on CUDA; on CPU PyTorch runs it, but its fp16 convolutions fall back
+to slow kernels (tens of times slower than fp32), so a warning is issued once.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .config import HEAD_DIM, ConfigError, ModelConfig, SubnetConfig, kept_layers
-from .modules import EncoderLayer, LayerDims, ffn_rows
-from .supernet import LightHuBERTBackbone, LightHuBERTSupernet
+from .modules import ConvFeatureExtractor, EncoderLayer, LayerDims, conv_output_lengths, ffn_rows
+from .supernet import LightHuBERTBackbone, LightHuBERTSupernet, ModelOutput
 
 COMPACT_FORMAT = "lighthubert_s3prl.compact"
 COMPACT_VERSION = 1
+
+
+class FoldedConvFeatureExtractor(ConvFeatureExtractor):
+    """The CNN with the GroupNorm of ``default`` mode folded into the first convolution.
+
+    That GroupNorm has one group per channel, so given an utterance's statistics it is a per-channel
+    affine map, and those statistics follow exactly from the waveform: conv 0 is linear in the k-sample
+    windows, so each channel's mean and variance are ``w.m`` and ``w^T.Cov.w`` with m and Cov the mean and
+    covariance of the windows (k x k, computed in float64). Conv 0 then runs once, as a matrix product with
+    the normalisation already in its weights, instead of conv + a full normalisation pass over its output
+    (512 x 3200 values per second of audio, the largest tensor of the model). Results agree with the plain
+    CNN to float32 rounding; ``layer_norm`` mode is unchanged.
+    """
+
+    def forward(self, wav: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.mode != "default":
+            return super().forward(wav, lengths)
+        x = F.gelu(self._normalised_first_conv(wav, lengths))
+        for block in self.conv_layers[1:]:
+            x = F.gelu(block[0](x))
+        return x
+
+    def _normalised_first_conv(self, wav: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
+        conv, norm = self.conv_layers[0][0], self.conv_layers[0][2]
+        k, s = conv.kernel_size[0], conv.stride[0]
+        wav = wav.contiguous()
+        B, L = wav.shape
+        T0 = (L - k) // s + 1
+        windows = wav.as_strided((B, T0, k), (L, s, 1))  # (B, T0, k): the samples each output frame sees
+        wd = windows.double()
+        if lengths is None:  # statistics over every frame (also what the reference padding mode does)
+            count = torch.full((B,), float(T0), dtype=torch.float64, device=wav.device)
+        else:  # only over each utterance's own frames
+            frames = conv_output_lengths(lengths, self.conv_spec[:1]).to(wav.device)
+            valid = torch.arange(T0, device=wav.device)[None, :] < frames[:, None]
+            wd = wd * valid[..., None]
+            count = frames.double().clamp(min=1)
+        mean_w = wd.sum(1) / count[:, None]  # (B, k)
+        cov = wd.transpose(1, 2) @ wd / count[:, None, None] - mean_w[:, :, None] * mean_w[:, None, :]
+        W = conv.weight[:, 0, :].double()  # (C, k)
+        mean = mean_w @ W.t()  # (B, C)
+        if conv.bias is not None:
+            mean = mean + conv.bias.double()
+        var = torch.einsum("ck,bkl,cl->bc", W, cov, W).clamp(min=0)
+        scale = norm.weight.double() * torch.rsqrt(var + norm.eps)  # (B, C)
+        shift = norm.bias.double() - mean * scale
+        bias = conv.bias.double() * scale if conv.bias is not None else 0.0
+        folded = (W[None] * scale[..., None]).to(wav.dtype)  # (B, C, k)
+        return torch.baddbmm((shift + bias).to(wav.dtype)[..., None], folded, windows.transpose(1, 2))
 
 
 class CompactLightHuBERT(LightHuBERTBackbone):
@@ -27,12 +91,15 @@ class CompactLightHuBERT(LightHuBERTBackbone):
     def __init__(self, cfg: ModelConfig, subnet: SubnetConfig) -> None:
         subnet.validate_for(cfg)
         super().__init__(cfg, subnet.embed_dim, dense_pos_conv=True)
+        # same parameters and results, cheaper first layer (see FoldedConvFeatureExtractor)
+        self.feature_extractor = FoldedConvFeatureExtractor(cfg.conv_layers, cfg.extractor_mode, cfg.conv_bias)
         self.subnet = subnet
         E = subnet.embed_dim
         self.encoder.layers = nn.ModuleList(
             [EncoderLayer(E, HEAD_DIM * h, f, cfg.layer_norm_first) for h, f in zip(subnet.heads_num, subnet.ffn_embed)]
         )
         self._set_dropouts()
+        self._warned_dtype = False
 
     def _plan(self, subnet: Optional[SubnetConfig]) -> Tuple[int, List[Tuple[EncoderLayer, LayerDims]]]:
         if subnet is not None and subnet != self.subnet:
@@ -44,60 +111,194 @@ class CompactLightHuBERT(LightHuBERTBackbone):
         return E, [(layer, LayerDims(E, HEAD_DIM * h, f))
                    for layer, h, f in zip(self.encoder.layers, self.subnet.heads_num, self.subnet.ffn_embed)]
 
+    # -- construction --------------------------------------------------------------------------------
+    @classmethod
+    def from_state(cls, cfg: ModelConfig, subnet: SubnetConfig, state: Mapping[str, torch.Tensor],
+                   dtype: Optional[torch.dtype] = None) -> "CompactLightHuBERT":
+        """Build around a compact state dict without initialising random weights first.
+
+        The module is created on the meta device and the given tensors are adopted (``assign=True``), so
+        loading costs no extra copy of the weights (except a dtype conversion when ``dtype`` asks).
+        """
+        with torch.device("meta"):
+            model = cls(cfg, subnet)
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        # assign=True adopts tensors as they are, so make sure none is a view pinning a larger storage
+        state = {k: v if v.is_contiguous() and v.storage_offset() == 0 and v.untyped_storage().nbytes()
+                 == v.numel() * v.element_size() else v.clone().contiguous() for k, v in state.items()}
+        model.load_state_dict(state, assign=True)
+        return model.eval()
+
     @classmethod
     def from_supernet(cls, supernet: LightHuBERTSupernet, subnet: Optional[SubnetConfig] = None) -> "CompactLightHuBERT":
-        """Copy the subnet's slices out of ``supernet``."""
+        """Copy the subnet's slices out of ``supernet``; the result holds no reference to it."""
         subnet = subnet or supernet.subnet
-        with torch.device("meta"):  # skip a random init that the copy would overwrite
-            model = cls(supernet.cfg, subnet)
-        model.load_state_dict(slice_state_dict(supernet, subnet), assign=True)
+        model = cls.from_state(supernet.cfg, subnet, slice_state_dict(supernet, subnet))
         return model.train(supernet.training)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Any, subnet: Optional[SubnetConfig] = None,
+                        dtype: Optional[torch.dtype] = None) -> "CompactLightHuBERT":
+        """From a :class:`~lighthubert_s3prl.checkpoint.LoadedCheckpoint` (supernet or compact export).
+
+        A supernet's weights are sliced straight from its state dict: no supernet module is ever built,
+        which halves the peak memory of loading an official file and saves its random initialisation.
+        """
+        subnet = subnet or ckpt.default_subnet
+        if subnet is None:
+            raise ConfigError(f"{ckpt.path}: no subnet given and the checkpoint names none")
+        if ckpt.kind == "compact":
+            if subnet != ckpt.default_subnet:
+                raise ConfigError(
+                    f"{ckpt.path} is a compact export of {ckpt.default_subnet.describe()}; it cannot run "
+                    f"{subnet.describe()}. Pass the supernet checkpoint instead"
+                )
+            return cls.from_state(ckpt.model_cfg, subnet, ckpt.state_dict, dtype=dtype or torch.float32)
+        state = slice_supernet_state(ckpt.state_dict, ckpt.model_cfg, subnet)
+        return cls.from_state(ckpt.model_cfg, subnet, state, dtype=dtype)
+
+    # -- inference -----------------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.post_extract_proj.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.post_extract_proj.weight.device
+
+    def _check_dtype(self) -> None:
+        if not self._warned_dtype and self.dtype == torch.float16 and self.device.type == "cpu":
+            self._warned_dtype = True
+            warnings.warn(
+                "float16 inference on CPU: PyTorch's fp16 CPU convolutions are very slow (often 10-60x slower "
+                "than float32). Use dtype 'bfloat16' on CPU, or float16 on CUDA.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
+                subnet: Optional[SubnetConfig] = None, *args: Any, **kwargs: Any) -> ModelOutput:
+        self._check_dtype()
+        return super().forward(source, padding_mask, subnet, *args, **kwargs)
+
+    def forward_utterances(self, wavs: Sequence[torch.Tensor]) -> ModelOutput:
+        """Run each 1-D waveform alone and return batch-first, zero-padded hidden states.
+
+        The result equals ``forward(padded, padding_mask, padding_mode="exact")`` on every valid frame;
+        padded frames are 0 and ``padding_mask`` (True = padded) is None when no frame is padded. Only
+        ``hidden_states`` and ``padding_mask`` are filled. Waveforms are cast to the model's dtype and
+        device.
+        """
+        if len(wavs) == 0:
+            raise ValueError("forward_utterances needs at least one waveform")
+        for i, w in enumerate(wavs):
+            if w.dim() != 1:
+                raise ValueError(f"waveform {i} has shape {tuple(w.shape)}; expected a 1-D tensor of samples")
+        self._check_dtype()
+        lengths = torch.tensor([w.numel() for w in wavs])
+        frames = conv_output_lengths(lengths, self.cfg.conv_layers).tolist()
+        T = max(frames)
+        if T <= 0:
+            raise ValueError(
+                f"every waveform is shorter than the CNN's receptive field ({receptive_field(self.cfg)} samples); "
+                f"got lengths {lengths.tolist()}"
+            )
+        B, E, depth = len(wavs), self.subnet.embed_dim, self.subnet.layer_num
+        # outputs are filled utterance by utterance, so nothing batch-sized is allocated but these
+        hidden = [torch.zeros(B, T, E, dtype=self.dtype, device=self.device) for _ in range(1 + depth)]
+        for i, (wav, n) in enumerate(zip(wavs, frames)):
+            if n <= 0:  # too short for a single frame: all padding, as in a padded batch
+                continue
+            out = super().forward(wav.to(device=self.device, dtype=self.dtype)[None])
+            for buf, h in zip(hidden, out.hidden_states):
+                buf[i, :n] = h[0]
+            del out
+        mask = None
+        if min(frames) < T:
+            mask = torch.arange(T, device=self.device)[None, :] >= torch.tensor(frames, device=self.device)[:, None]
+        return ModelOutput(hidden, mask)
+
+
+def receptive_field(cfg: ModelConfig) -> int:
+    """Samples one output frame of the CNN sees (400 for the standard layers)."""
+    field, jump = 1, 1
+    for _, kernel, stride in cfg.conv_layers:
+        field += (kernel - 1) * jump
+        jump *= stride
+    return field
+
+
+# ---------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def slice_supernet_state(state: Mapping[str, torch.Tensor], cfg: ModelConfig,
+                         subnet: SubnetConfig) -> Dict[str, torch.Tensor]:
+    """The compact state dict of ``subnet`` cut from a supernet state dict by the released rules.
+
+    Every tensor is a fresh contiguous copy, so the result never keeps the supernet's storage alive.
+    Extra keys (prediction heads, ``final_proj``...) are ignored.
+    """
+    subnet.validate_for(cfg)
+    E, C = subnet.embed_dim, cfg.cnn_dim
+    out: Dict[str, torch.Tensor] = {k: v for k, v in state.items() if k.startswith(("feature_extractor.", "layer_norm."))}
+    out["post_extract_proj.weight"] = state["post_extract_proj.weight"][:E, :C]
+    out["post_extract_proj.bias"] = state["post_extract_proj.bias"][:E]
+    out["mask_emb"] = state["mask_emb"][:E]
+    # weight norm over each kernel tap is taken on the full tensor, then sliced (groups stay the same)
+    g, v = state["encoder.pos_conv.0.weight_g"], state["encoder.pos_conv.0.weight_v"]
+    full = v * (g / v.norm(dim=(0, 1), keepdim=True))
+    out["encoder.pos_conv.0.weight"] = full[:E, : E // cfg.conv_pos_groups]
+    out["encoder.pos_conv.0.bias"] = state["encoder.pos_conv.0.bias"][:E]
+    out["encoder.layer_norm.weight"] = state["encoder.layer_norm.weight"][:E]
+    out["encoder.layer_norm.bias"] = state["encoder.layer_norm.bias"][:E]
+    for j, (i, h, Fd) in enumerate(zip(kept_layers(subnet.layer_num, cfg.encoder_layers),
+                                       subnet.heads_num, subnet.ffn_embed)):
+        src, dst = f"encoder.layers.{i}.", f"encoder.layers.{j}."
+        A = HEAD_DIM * h
+        for proj in ("q_proj", "k_proj", "v_proj"):
+            out[f"{dst}self_attn.{proj}.weight"] = state[f"{src}self_attn.{proj}.weight"][:A, :E]
+            out[f"{dst}self_attn.{proj}.bias"] = state[f"{src}self_attn.{proj}.bias"][:A]
+        out[f"{dst}self_attn.out_proj.weight"] = state[f"{src}self_attn.out_proj.weight"][:E, :A]
+        out[f"{dst}self_attn.out_proj.bias"] = state[f"{src}self_attn.out_proj.bias"][:E]
+        rows = ffn_rows(E, Fd, cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim)
+        out[f"{dst}fc1.weight"] = torch.cat([state[f"{src}fc1.weight"][a:b, :E] for a, b in rows])
+        out[f"{dst}fc1.bias"] = torch.cat([state[f"{src}fc1.bias"][a:b] for a, b in rows])
+        out[f"{dst}fc2.weight"] = torch.cat([state[f"{src}fc2.weight"][:E, a:b] for a, b in rows], dim=1)
+        out[f"{dst}fc2.bias"] = state[f"{src}fc2.bias"][:E]
+        for norm in ("self_attn_layer_norm", "final_layer_norm"):
+            for p in ("weight", "bias"):
+                out[f"{dst}{norm}.{p}"] = state[f"{src}{norm}.{p}"][:E]
+    return {k: v.clone(memory_format=torch.contiguous_format) for k, v in out.items()}
 
 
 @torch.no_grad()
 def slice_state_dict(supernet: LightHuBERTSupernet, subnet: SubnetConfig) -> Dict[str, torch.Tensor]:
     """The compact model's state dict: every supernet tensor cut to ``subnet`` by the released rules."""
-    subnet.validate_for(supernet.cfg)
-    E, C = subnet.embed_dim, supernet.cfg.cnn_dim
-    full = supernet.state_dict()
-    out: Dict[str, torch.Tensor] = {k: v for k, v in full.items() if k.startswith(("feature_extractor.", "layer_norm."))}
-    out["post_extract_proj.weight"] = full["post_extract_proj.weight"][:E, :C]
-    out["post_extract_proj.bias"] = full["post_extract_proj.bias"][:E]
-    out["mask_emb"] = full["mask_emb"][:E]
-    pos = supernet.encoder.pos_conv[0]
-    out["encoder.pos_conv.0.weight"] = pos.full_weight()[:E, : E // pos.groups]
-    out["encoder.pos_conv.0.bias"] = full["encoder.pos_conv.0.bias"][:E]
-    out["encoder.layer_norm.weight"] = full["encoder.layer_norm.weight"][:E]
-    out["encoder.layer_norm.bias"] = full["encoder.layer_norm.bias"][:E]
-    for j, (i, h, Fd) in enumerate(zip(kept_layers(subnet.layer_num, supernet.cfg.encoder_layers),
-                                       subnet.heads_num, subnet.ffn_embed)):
-        src, dst = f"encoder.layers.{i}.", f"encoder.layers.{j}."
-        A = HEAD_DIM * h
-        for proj in ("q_proj", "k_proj", "v_proj"):
-            out[f"{dst}self_attn.{proj}.weight"] = full[f"{src}self_attn.{proj}.weight"][:A, :E]
-            out[f"{dst}self_attn.{proj}.bias"] = full[f"{src}self_attn.{proj}.bias"][:A]
-        out[f"{dst}self_attn.out_proj.weight"] = full[f"{src}self_attn.out_proj.weight"][:E, :A]
-        out[f"{dst}self_attn.out_proj.bias"] = full[f"{src}self_attn.out_proj.bias"][:E]
-        rows = ffn_rows(E, Fd, supernet.cfg.encoder_embed_dim, supernet.cfg.encoder_ffn_embed_dim)
-        out[f"{dst}fc1.weight"] = torch.cat([full[f"{src}fc1.weight"][a:b, :E] for a, b in rows])
-        out[f"{dst}fc1.bias"] = torch.cat([full[f"{src}fc1.bias"][a:b] for a, b in rows])
-        out[f"{dst}fc2.weight"] = torch.cat([full[f"{src}fc2.weight"][:E, a:b] for a, b in rows], dim=1)
-        out[f"{dst}fc2.bias"] = full[f"{src}fc2.bias"][:E]
-        for norm in ("self_attn_layer_norm", "final_layer_norm"):
-            for p in ("weight", "bias"):
-                out[f"{dst}{norm}.{p}"] = full[f"{src}{norm}.{p}"][:E]
-    return {k: v.clone().contiguous() for k, v in out.items()}
+    return slice_supernet_state(supernet.state_dict(), supernet.cfg, subnet)
 
 
-def compact_payload(model: CompactLightHuBERT, source: str = "") -> Dict[str, Any]:
-    """A self-describing compact checkpoint: only plain types and tensors, so ``weights_only`` loads it."""
+# ---------------------------------------------------------------------------------------------------
+def compact_payload(model: CompactLightHuBERT, source: str = "",
+                    dtype: Optional[torch.dtype] = None) -> Dict[str, Any]:
+    """A self-describing compact checkpoint: only plain types and tensors, so ``weights_only`` loads it.
+
+    ``dtype`` (e.g. ``torch.bfloat16``) sets the *storage* type of floating tensors; loading converts them
+    back to float32 unless the caller asks for another compute dtype.
+    """
+    def store(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().to("cpu")
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        return t.contiguous()
+
     return {
         "format": COMPACT_FORMAT,
         "version": COMPACT_VERSION,
         "cfg": {"model": model.cfg.to_checkpoint_cfg()},
         "subnet": model.subnet.to_dict(),
         "source": source,
-        "model": {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()},
+        "storage_dtype": str(dtype or model.dtype).replace("torch.", ""),
+        "model": {k: store(v) for k, v in model.state_dict().items()},
     }
 
 
@@ -114,8 +315,8 @@ def read_compact_payload(path: Path, data: Mapping[str, Any]):  # -> LoadedCheck
     except (KeyError, TypeError, ConfigError) as err:
         raise CheckpointError(f"{path}: broken compact checkpoint config ({err}); export it again") from None
     state = data.get("model")
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"{path}: compact checkpoint has no 'model' state dict; export it again")
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: compact checkpoint has no 'model' state dict of tensors; export it again")
     with torch.device("meta"):
         expected = {k: v.shape for k, v in CompactLightHuBERT(model_cfg, subnet).state_dict().items()}
     missing = [k for k in expected if k not in state]
@@ -125,13 +326,11 @@ def read_compact_payload(path: Path, data: Mapping[str, Any]):  # -> LoadedCheck
             f"{path}: compact checkpoint weights do not match its subnet (missing: {missing[:5]}, "
             f"mis-shaped: {wrong[:5]}); export it again"
         )
-    return LoadedCheckpoint(path, "compact", model_cfg, dict(state), dict(data["cfg"]), subnet, None,
-                            {"source": data.get("source", "")})
+    extras = {"source": data.get("source", ""), "storage_dtype": data.get("storage_dtype", "float32")}
+    return LoadedCheckpoint(path, "compact", model_cfg, dict(state), dict(data["cfg"]), subnet, None, extras)
 
 
-def build_compact(ckpt: Any) -> CompactLightHuBERT:
-    """The compact model of a loaded compact checkpoint."""
-    with torch.device("meta"):
-        model = CompactLightHuBERT(ckpt.model_cfg, ckpt.default_subnet)
-    model.load_state_dict({k: v.clone() for k, v in ckpt.state_dict.items()}, assign=True)
-    return model
+def build_compact(ckpt: Any, dtype: Optional[torch.dtype] = torch.float32) -> CompactLightHuBERT:
+    """The compact model of a loaded compact checkpoint, computing in ``dtype`` (float32 by default,
+    whatever the storage dtype; ``None`` keeps the stored one)."""
+    return CompactLightHuBERT.from_state(ckpt.model_cfg, ckpt.default_subnet, ckpt.state_dict, dtype=dtype)

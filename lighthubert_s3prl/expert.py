@@ -130,9 +130,13 @@ class UpstreamExpert(nn.Module):
                 self.subnet.validate_for(loaded.model_cfg)
             except ConfigError as err:
                 raise ConfigError(f"subnet does not fit checkpoint {ckpt}: {err}") from None
-            supernet = build_supernet(loaded)
-            supernet.subnet = self.subnet
-            self.model = CompactLightHuBERT.from_supernet(supernet, self.subnet) if options.implementation == "compact" else supernet
+            if options.implementation == "compact":
+                # sliced straight from the state dict: no supernet module is built (less memory, faster)
+                self.model = CompactLightHuBERT.from_checkpoint(loaded, self.subnet)
+            else:
+                supernet = build_supernet(loaded)
+                supernet.subnet = self.subnet
+                self.model = supernet
         self.compute_dtype = DTYPES[str(options.dtype)]
         if self.compute_dtype != torch.float32:
             self.model.to(self.compute_dtype)
@@ -144,7 +148,16 @@ class UpstreamExpert(nn.Module):
         return self.model.downsample_rate
 
     def forward(self, wavs: List[torch.Tensor]) -> Dict[str, Any]:
-        padded, padding_mask = prepare_batch(wavs)
-        out = self.model(padded.to(self.compute_dtype), padding_mask, padding_mode=self.options.padding_mode)
+        if isinstance(self.model, CompactLightHuBERT) and self.options.padding_mode == "exact":
+            # "exact" means each utterance as if alone, so run them alone and spend nothing on padding
+            if len(wavs) == 0:
+                raise ValueError("got an empty list of waveforms")
+            out = self.model.forward_utterances([F.layer_norm(w.float(), w.shape) for w in wavs])
+        else:
+            padded, padding_mask = prepare_batch(wavs)
+            out = self.model(padded.to(self.compute_dtype), padding_mask, padding_mode=self.options.padding_mode)
+            if self.options.padding_mode == "exact" and out.padding_mask is not None:
+                # padded frames mean nothing in exact mode; zero them, as the compact path returns them
+                out.hidden_states = [h.masked_fill(out.padding_mask[..., None], 0.0) for h in out.hidden_states]
         hidden = [h.float() for h in out.hidden_states]
         return {"hidden_states": hidden, "last_hidden_state": hidden[-1]}

@@ -15,7 +15,4 @@ fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/install.sh"
 WORKDIR="${1:-quickstart}"
-if "$ROOT/.venv/bin/python" -c "import lighthubert_s3prl.superb.quickstart" 2>/dev/null; then
-  exec "$ROOT/.venv/bin/lighthubert-s3prl" quickstart "$WORKDIR"
-fi
-exec "$ROOT/.venv/bin/lighthubert-s3prl" demo --workdir "$WORKDIR"
+exec "$ROOT/.venv/bin/lighthubert-s3prl" quickstart "$WORKDIR"

@@ -89,9 +89,10 @@ def test_not_a_lighthubert_checkpoint(tmp_path):
     torch.save([1, 2, 3], p)
     with pytest.raises(CheckpointError, match="holds a list"):
         load_checkpoint(p)
-    p.write_text("hello, I am text")
-    with pytest.raises(CheckpointError, match="truncated or corrupted"):
-        load_checkpoint(p)
+    for junk in (b"hello, I am text", b"x", b"\x80\x02garbage"):
+        p.write_bytes(junk)
+        with pytest.raises(CheckpointError, match="truncated or corrupted"):
+            load_checkpoint(p)
 
 
 def test_truncated_and_corrupted(tiny_ckpt, tmp_path):

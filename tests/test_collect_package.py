@@ -381,14 +381,7 @@ def test_validate_hidden_folder(tmp_path):
         package.validate_hidden_folder(tmp_path / "empty")
 
 
-def test_package_hidden_without_export_module(tmp_path, capsys, monkeypatch):
-    import sys
-
-    ckpt = tmp_path / "c.pt"
-    ckpt.write_bytes(b"x")
-    monkeypatch.setitem(sys.modules, "lighthubert_s3prl.export", None)  # as if export.py were absent
-    assert cli_main(["package", "hidden", "--ckpt", str(ckpt), "--subnet", "small", "-o", str(tmp_path / "h")]) == 2
-    assert "needs lighthubert_s3prl.export.write_hidden_set_folder" in capsys.readouterr().err
+def test_package_hidden_bad_checkpoint(tmp_path, capsys):
     assert cli_main(["package", "hidden", "--ckpt", str(tmp_path / "none.pt"), "--subnet", "small",
                      "-o", str(tmp_path / "h")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
@@ -396,9 +389,6 @@ def test_package_hidden_without_export_module(tmp_path, capsys, monkeypatch):
 
 def test_package_hidden_end_to_end(tmp_path):
     """With the export module present: a tiny checkpoint's subnet becomes a folder that loads on its own."""
-    export = pytest.importorskip("lighthubert_s3prl.export")
-    if not hasattr(export, "write_hidden_set_folder"):
-        pytest.skip("lighthubert_s3prl.export.write_hidden_set_folder is not available yet")
     from lighthubert_s3prl.checkpoint import tiny_model_config, write_random_checkpoint
 
     ckpt = write_random_checkpoint(tmp_path / "tiny.pt", "small", seed=3, model_cfg=tiny_model_config())

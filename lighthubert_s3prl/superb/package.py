@@ -398,16 +398,9 @@ def build_hidden(ckpt: Union[str, Path], subnet: str, out_dir: Union[str, Path],
     ckpt = Path(ckpt).expanduser()
     if not ckpt.is_file():
         raise PackageError(f"checkpoint not found: {ckpt}")
-    try:
-        from lighthubert_s3prl import export  # written separately; imported only when needed
-    except ImportError as err:
-        raise PackageError(f"package hidden needs lighthubert_s3prl.export.write_hidden_set_folder, which cannot be "
-                           f"imported here ({err}); update lighthubert-s3prl") from None
-    writer: Optional[Callable] = getattr(export, "write_hidden_set_folder", None)
-    if writer is None:
-        raise PackageError("package hidden needs lighthubert_s3prl.export.write_hidden_set_folder, which this "
-                           "installation's lighthubert_s3prl/export.py does not define; update lighthubert-s3prl")
-    writer(str(ckpt), subnet, str(out_dir))
+    from ..export import write_hidden_set_folder  # imports torch: only when a folder is built
+
+    write_hidden_set_folder(str(ckpt), subnet, str(out_dir))
     return validate_hidden_folder(out_dir) if validate else {}
 
 

@@ -1,0 +1,182 @@
+"""``lighthubert-s3prl profile``: parameters, MACs and measured real-time factor of a subnet.
+
+MACs are counted analytically from the dimensions for one utterance, layer by layer, exactly as the
+compact model computes it (which a test checks against ``torch.utils.flop_counter``): the CNN, the
+projection, the positional conv, the attention projections, the attention scores and context (the only
+terms quadratic in the sequence length) and the FFN. Norms, activations and softmax are not counted (they
+are well under 1% and not multiply-accumulates). The sequence is the utterance's own frame count padded
+to ``required_seq_len_multiple`` (2), as the model runs it.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+from .config import HEAD_DIM, ConfigError, ModelConfig, SubnetConfig, count_parameters, preset_names, resolve_subnet
+
+SAMPLE_RATE = 16000
+
+
+def frame_counts(model_cfg: ModelConfig, samples: int) -> List[int]:
+    """Output length of every CNN layer for ``samples`` input samples (floor((L - k) / s) + 1 each)."""
+    counts, n = [], samples
+    for _, kernel, stride in model_cfg.conv_layers:
+        n = max((n - kernel) // stride + 1, 0)
+        counts.append(n)
+    return counts
+
+
+def macs_breakdown(subnet: SubnetConfig, model_cfg: ModelConfig = ModelConfig(), seconds: float = 1.0,
+                   sample_rate: int = SAMPLE_RATE) -> Dict[str, int]:
+    """Multiply-accumulates of one utterance of ``seconds`` by component (see the module docstring)."""
+    subnet.validate_for(model_cfg)
+    samples = int(round(seconds * sample_rate))
+    counts = frame_counts(model_cfg, samples)
+    T = counts[-1]
+    if T <= 0:
+        return {k: 0 for k in ("cnn", "projection", "pos_conv", "attention_proj", "attention_scores", "ffn")}
+    cnn, in_dim = 0, 1
+    for (dim, kernel, _), n in zip(model_cfg.conv_layers, counts):
+        cnn += n * dim * in_dim * kernel
+        in_dim = dim
+    E, C, K = subnet.embed_dim, model_cfg.cnn_dim, model_cfg.conv_pos
+    # the positional conv pads K//2 on both sides, so it computes T + 2*(K//2) - K + 1 outputs (one is dropped
+    # again for an even kernel)
+    pos_frames = T + 2 * (K // 2) - K + 1
+    pos = pos_frames * E * (E // model_cfg.conv_pos_groups) * K
+    m = model_cfg.required_seq_len_multiple
+    S = -(-T // m) * m  # the encoder pads the sequence to a multiple of m
+    attn_proj = scores = ffn = 0
+    for h, Fd in zip(subnet.heads_num, subnet.ffn_embed):
+        A = HEAD_DIM * h
+        attn_proj += 4 * S * E * A  # q, k, v and out
+        scores += 2 * S * S * A  # q.k^T and attention x v, over all heads
+        ffn += 2 * S * E * Fd
+    return {"cnn": cnn, "projection": T * C * E, "pos_conv": pos, "attention_proj": attn_proj,
+            "attention_scores": scores, "ffn": ffn}
+
+
+def analytic_macs(subnet: SubnetConfig, model_cfg: ModelConfig = ModelConfig(), seconds: float = 1.0) -> int:
+    """Total multiply-accumulates to run ``subnet`` on one utterance of ``seconds`` at 16 kHz."""
+    return sum(macs_breakdown(subnet, model_cfg, seconds).values())
+
+
+def measure_rtf(model: torch.nn.Module, seconds: float, device: str = "cpu", repeats: int = 3,
+                warmup: int = 1, seed: int = 0) -> Dict[str, float]:
+    """Median wall time of the compact model on one random utterance; RTF = time / audio duration."""
+    gen = torch.Generator().manual_seed(seed)
+    wav = torch.randn(int(round(seconds * SAMPLE_RATE)), generator=gen).to(device)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model.forward_utterances([wav])
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"seconds_per_run": median, "rtf": median / seconds, "runs": len(times)}
+
+
+def _random_standard_model(subnet: SubnetConfig, seed: int):
+    from .compact import CompactLightHuBERT
+    from .supernet import LightHuBERTSupernet
+
+    supernet = LightHuBERTSupernet(ModelConfig()).reset_parameters(seed)
+    return CompactLightHuBERT.from_supernet(supernet, subnet).eval()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lighthubert-s3prl profile",
+        description="Parameters, analytic MACs per second of audio and a measured real-time factor of a subnet "
+                    "(compact dense model).",
+    )
+    parser.add_argument("--ckpt", default=None,
+                        help="checkpoint (supernet or compact); default: seeded random weights of the standard "
+                             "768-wide supernet")
+    parser.add_argument("--subnet", default=None,
+                        help="a preset (" + ", ".join(preset_names()) + "), random:SPACE:SEED, budget:SPACE:PARAMS "
+                             "or a subnet file; default: the checkpoint's own subnet (small without --ckpt)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="utterance length in seconds (default 10)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to time it (default cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="compute dtype for the timing (default float32)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up (default 3)")
+    parser.add_argument("--no-timing", action="store_true", help="only count parameters and MACs")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .compact import CompactLightHuBERT
+
+    try:
+        if args.seconds <= 0:
+            raise ConfigError(f"--seconds must be positive, got {args.seconds}")
+        if args.repeats < 1:
+            raise ConfigError(f"--repeats must be at least 1, got {args.repeats}")
+        if args.device == "cuda" and not torch.cuda.is_available() and not args.no_timing:
+            raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        if args.ckpt:
+            loaded = load_checkpoint(args.ckpt)
+            model_cfg = loaded.model_cfg
+            subnet = resolve_subnet(args.subnet, loaded.default_subnet)
+            try:
+                subnet.validate_for(model_cfg)
+            except ConfigError as err:
+                raise ConfigError(f"subnet does not fit checkpoint {args.ckpt}: {err}") from None
+            source = args.ckpt
+        else:
+            loaded, model_cfg = None, ModelConfig()
+            subnet = resolve_subnet(args.subnet or "small")
+            subnet.validate_for(model_cfg)
+            source = "random weights (standard 768-wide supernet, seed 0)"
+    except (CheckpointError, ConfigError) as err:
+        print(f"lighthubert-s3prl profile: error: {err}", file=sys.stderr)
+        return 2
+
+    params = count_parameters(subnet, model_cfg)
+    parts = macs_breakdown(subnet, model_cfg, args.seconds)
+    total = sum(parts.values())
+    frames = frame_counts(model_cfg, int(round(args.seconds * SAMPLE_RATE)))[-1]
+    print(f"model:       {source}")
+    print(f"subnet:      {subnet.describe()}")
+    print(f"parameters:  {params:,} ({params / 1e6:.2f}M)")
+    print(f"audio:       {args.seconds:g} s -> {frames} frames")
+    print(f"MACs:        {total / 1e9:.3f} G for {args.seconds:g} s = {total / args.seconds / 1e9:.3f} GMACs per "
+          f"second of audio")
+    for name, value in parts.items():
+        note = "  (grows with sequence length)" if name == "attention_scores" else ""
+        print(f"  {name:<17} {value / 1e9:9.3f} G  {value / max(total, 1):6.1%}{note}")
+    if args.no_timing:
+        return 0
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    model = (CompactLightHuBERT.from_checkpoint(loaded, subnet) if loaded is not None
+             else _random_standard_model(subnet, seed=0))
+    del loaded
+    model = model.to(device=args.device, dtype=dtype).eval()
+    timing = measure_rtf(model, args.seconds, args.device, args.repeats)
+    threads = f", {torch.get_num_threads()} threads" if args.device == "cpu" else ""
+    print(f"real-time factor: {timing['rtf']:.4f} on {args.device} ({args.dtype}{threads}; median of "
+          f"{timing['runs']} runs: {timing['seconds_per_run']:.3f} s per {args.seconds:g} s of audio; "
+          f"{1 / timing['rtf']:.1f}x faster than real time)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,467 @@
+#!/usr/bin/env python
+"""Benchmark s3prl's built-in LightHuBERT upstream against our supernet and compact paths.
+
+In one run, on the same checkpoint file and the same seeded batch of waveforms, for each subnet
+(small, base, stage1 by default) it measures:
+
+* wall time per batch: median of ``--repeats`` runs after ``--warmup``, the peers interleaved round by
+  round so that load changes on a shared machine hit every peer alike;
+* peak memory: on CPU the peak RSS increase, each peer in a fresh subprocess (so allocations of one peer
+  never count for another), both for load + forward and for the forward alone; on CUDA
+  ``torch.cuda.max_memory_allocated``;
+* checkpoint load time (in that fresh subprocess, page cache warm) and file size: the official-format
+  supernet file against the compact export;
+* a correctness cross-check: the largest difference of the last hidden state between the peers, on the
+  longest (unpadded) utterance, and between our two paths on every valid frame.
+
+It prints a table with ratios against s3prl's built-in expert and writes JSON atomically. ``--quick`` is a
+short smoke run (the test suite uses it). Official files ``lighthubert_{small,base,stage1}.pt`` are used
+when ``--checkpoint-dir`` holds them; otherwise seeded random supernets in the official format are written.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # runnable from a checkout without installing the package
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+PEERS = ("s3prl", "supernet", "compact")
+PEER_LABELS = {
+    "s3prl": "s3prl built-in",
+    "supernet": "ours supernet",
+    "compact": "ours compact",
+    "compact-bfloat16": "ours compact bf16",
+    "compact-float16": "ours compact fp16",
+}
+SAMPLE_RATE = 16000
+
+
+# ---------------------------------------------------------------------------------------------------
+def make_batch(n: int, min_s: float, max_s: float, seed: int) -> List[torch.Tensor]:
+    """``n`` seeded waveforms with lengths uniform in [min_s, max_s] seconds (noise plus a tone)."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = (min_s + (max_s - min_s) * torch.rand(n, generator=gen)) * SAMPLE_RATE
+    wavs = []
+    for i, length in enumerate(lengths.long().tolist()):
+        t = torch.arange(length) / SAMPLE_RATE
+        wavs.append(0.3 * torch.sin(2 * torch.pi * (100 + 30 * i) * t) + 0.1 * torch.randn(length, generator=gen))
+    return wavs
+
+
+def build_peer(peer: str, ckpt: str, compact: str, subnet_name: str, device: str) -> torch.nn.Module:
+    from lighthubert_s3prl.config import get_preset
+
+    if peer == "s3prl":
+        from s3prl.upstream.lighthubert.expert import UpstreamExpert as BuiltIn
+
+        model = BuiltIn(ckpt)
+        model.model.set_sample_config(get_preset(subnet_name).to_dict())
+    else:
+        from lighthubert_s3prl.expert import UpstreamExpert
+
+        if peer == "supernet":
+            model = UpstreamExpert(ckpt, subnet=subnet_name, implementation="supernet")
+        elif peer == "compact":
+            model = UpstreamExpert(compact)
+        elif peer.startswith("compact-"):
+            model = UpstreamExpert(compact, dtype=peer.split("-", 1)[1])
+        else:
+            raise ValueError(f"unknown peer {peer!r}")
+    return model.to(device).eval()
+
+
+def run_peer(model: torch.nn.Module, wavs: List[torch.Tensor], device: str) -> List[torch.Tensor]:
+    with torch.inference_mode():
+        out = model(wavs)["hidden_states"]
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Memory and load time, each peer in a fresh process.
+def _status_kb(field: str) -> Optional[int]:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (Linux >= 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_now_mb() -> float:
+    kb = _status_kb("VmRSS")
+    if kb is None:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return kb / 1024
+
+
+def _rss_peak_mb() -> float:
+    kb = _status_kb("VmHWM")
+    if kb is None:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return kb / 1024
+
+
+def child_main(spec: Dict[str, Any]) -> Dict[str, Any]:
+    torch.set_num_threads(spec["threads"])
+    device = spec["device"]
+    import s3prl.upstream.lighthubert.expert  # noqa: F401  (imports count for every peer alike, not as load)
+    import lighthubert_s3prl.expert  # noqa: F401
+
+    wavs = [w.to(device) for w in make_batch(spec["batch"], spec["min_s"], spec["max_s"], spec["seed"])]
+    gc.collect()
+    result: Dict[str, Any] = {}
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        result["rss_reset"] = _reset_peak_rss()
+        base = _rss_now_mb()
+    start = time.perf_counter()
+    model = build_peer(spec["peer"], spec["ckpt"], spec["compact"], spec["subnet"], device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    result["load_s"] = time.perf_counter() - start
+    if device == "cuda":
+        loaded = torch.cuda.memory_allocated()
+        result["load_peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        result["resident_mb"] = (loaded - base) / 2**20
+        torch.cuda.reset_peak_memory_stats()
+        run_peer(model, wavs, device)
+        result["forward_peak_mb"] = (torch.cuda.max_memory_allocated() - loaded) / 2**20
+        result["peak_mb"] = max(result["load_peak_mb"], (torch.cuda.max_memory_allocated() - base) / 2**20)
+        result["memory_method"] = "torch.cuda.max_memory_allocated"
+    else:
+        loaded = _rss_now_mb()
+        result["load_peak_mb"] = _rss_peak_mb() - base
+        result["resident_mb"] = loaded - base
+        reset = _reset_peak_rss()
+        run_peer(model, wavs, device)
+        peak = _rss_peak_mb()
+        result["forward_peak_mb"] = peak - loaded if reset else float("nan")
+        result["peak_mb"] = max(result["load_peak_mb"], peak - base)
+        result["memory_method"] = "peak RSS (VmHWM, reset via /proc/self/clear_refs)" if reset else "ru_maxrss"
+    return result
+
+
+def measure_in_subprocess(spec: Dict[str, Any]) -> Dict[str, Any]:
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+                          capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"memory measurement of {spec['peer']} ({spec['subnet']}) failed:\n{tail}")
+    return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------------------------------------------
+def _load_average() -> Optional[List[float]]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _warm_page_cache(path: Path) -> None:
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
+def prepare_files(subnet_name: str, args: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
+    from lighthubert_s3prl.checkpoint import write_random_checkpoint
+    from lighthubert_s3prl.export import export_compact
+
+    # which released file a preset comes from: its search space's supernet (stage1 has its own)
+    kind = "stage1" if subnet_name == "stage1" else "base" if subnet_name.startswith("base") else "small"
+    ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else workdir
+    ckpt = ckpt_dir / f"lighthubert_{kind}.pt"
+    official = ckpt.is_file()
+    if not official:
+        print(f"[{subnet_name}] writing a seeded random supernet in the official format: {ckpt}", flush=True)
+        write_random_checkpoint(ckpt, kind, seed=args.seed)
+    compact = workdir / f"{subnet_name}_compact.pt"
+    export_compact(ckpt, subnet_name, compact, dtype="float32", force=True)
+    info = {"checkpoint": str(ckpt), "checkpoint_given": official, "compact": str(compact),
+            "supernet_bytes": ckpt.stat().st_size, "compact_bytes": compact.stat().st_size}
+    if not args.quick:
+        compact16 = workdir / f"{subnet_name}_compact_bf16.pt"
+        export_compact(ckpt, subnet_name, compact16, dtype="bfloat16", force=True)
+        info["compact_bf16_bytes"] = compact16.stat().st_size
+        compact16.unlink()
+    for path in (ckpt, compact):
+        _warm_page_cache(path)
+    return info
+
+
+def max_diffs(outputs: Dict[str, List[torch.Tensor]], wavs: List[torch.Tensor]) -> Dict[str, float]:
+    """Largest |difference| of the last hidden state: the longest utterance vs s3prl, all valid frames ours."""
+    longest = max(range(len(wavs)), key=lambda i: len(wavs[i]))
+    diffs = {}
+    ref = outputs.get("s3prl")
+    for peer, hs in outputs.items():
+        if peer != "s3prl" and ref is not None:
+            a, b = hs[-1][longest].float().cpu(), ref[-1][longest].float().cpu()
+            T = min(a.size(0), b.size(0))
+            diffs[f"{peer}_vs_s3prl_longest"] = float((a[:T] - b[:T]).abs().max())
+    if "supernet" in outputs and "compact" in outputs:
+        diffs["compact_vs_supernet_all"] = float(
+            (outputs["compact"][-1].float().cpu() - outputs["supernet"][-1].float().cpu()).abs().max())
+    return diffs
+
+
+def bench_subnet(subnet_name: str, args: argparse.Namespace, workdir: Path, wavs: List[torch.Tensor],
+                 peers: List[str]) -> Dict[str, Any]:
+    from lighthubert_s3prl.config import count_parameters, get_preset
+
+    subnet = get_preset(subnet_name)
+    files = prepare_files(subnet_name, args, workdir)
+    result: Dict[str, Any] = {"subnet": subnet.to_dict(), "describe": subnet.describe(),
+                              "parameters": count_parameters(subnet), "files": files, "peers": {}}
+    spec_base = {"ckpt": files["checkpoint"], "compact": files["compact"], "subnet": subnet_name,
+                 "device": args.device, "threads": args.threads, "batch": args.batch, "min_s": args.min_seconds,
+                 "max_s": args.max_seconds, "seed": args.seed}
+    for peer in peers:
+        entry: Dict[str, Any] = {}
+        if not args.no_memory:
+            print(f"[{subnet_name}] memory / load time of {PEER_LABELS[peer]} (fresh process)", flush=True)
+            entry.update(measure_in_subprocess({**spec_base, "peer": peer}))
+        result["peers"][peer] = entry
+
+    print(f"[{subnet_name}] timing {', '.join(PEER_LABELS[p] for p in peers)}: {args.warmup} warm-up + "
+          f"{args.repeats} interleaved runs each", flush=True)
+    models = {}
+    for peer in peers:
+        start = time.perf_counter()
+        models[peer] = build_peer(peer, files["checkpoint"], files["compact"], subnet_name, args.device)
+        result["peers"][peer]["load_s_in_process"] = time.perf_counter() - start
+    outputs = {}
+    for _ in range(args.warmup):
+        for peer, model in models.items():
+            outputs[peer] = run_peer(model, wavs, args.device)
+    times: Dict[str, List[float]] = {peer: [] for peer in peers}
+    for _ in range(args.repeats):
+        for peer, model in models.items():
+            start = time.perf_counter()
+            outputs[peer] = run_peer(model, wavs, args.device)
+            times[peer].append(time.perf_counter() - start)
+    result["max_abs_diff"] = max_diffs(outputs, wavs)
+    del models, outputs
+    gc.collect()
+
+    for peer in peers:
+        entry = result["peers"][peer]
+        entry["batch_s"] = statistics.median(times[peer])
+        entry["batch_s_min"] = min(times[peer])  # least disturbed run, useful on a shared machine
+        entry["batch_s_runs"] = times[peer]
+    ref = result["peers"].get("s3prl", {})
+    for peer in peers:
+        entry = result["peers"][peer]
+        if ref:
+            entry["speedup_vs_s3prl"] = ref["batch_s"] / entry["batch_s"]
+            entry["speedup_vs_s3prl_min"] = ref["batch_s_min"] / entry["batch_s_min"]
+            if "peak_mb" in entry and ref.get("peak_mb"):
+                entry["peak_mb_ratio_vs_s3prl"] = entry["peak_mb"] / ref["peak_mb"]
+                entry["forward_peak_mb_ratio_vs_s3prl"] = entry["forward_peak_mb"] / ref["forward_peak_mb"]
+    result["compact_file_ratio"] = files["compact_bytes"] / files["supernet_bytes"]
+    return result
+
+
+def print_table(results: Dict[str, Any], audio_s: float) -> None:
+    header = (f"{'subnet':<7} {'peer':<18} {'batch s':>8} {'RTF':>7} {'speedup':>8} {'peak MB':>8} {'of s3prl':>8} "
+              f"{'fwd MB':>8} {'of s3prl':>8} {'load s':>7} {'file MB':>8} {'of sup.':>7}")
+    print(header)
+    print("-" * len(header))
+    for name, res in results.items():
+        files = res["files"]
+        for peer, e in res["peers"].items():
+            compact_file = peer.startswith("compact")
+            size = files["compact_bytes"] if compact_file else files["supernet_bytes"]
+
+            def fmt(key: str, spec: str, default: str = "-") -> str:
+                return format(e[key], spec) if key in e and e[key] == e[key] else default
+
+            print(f"{name:<7} {PEER_LABELS[peer]:<18} {e['batch_s']:8.3f} {e['batch_s'] / audio_s:7.4f} "
+                  f"{fmt('speedup_vs_s3prl', '7.2f')}x {fmt('peak_mb', '8.0f'):>8} "
+                  f"{fmt('peak_mb_ratio_vs_s3prl', '8.0%'):>8} {fmt('forward_peak_mb', '8.0f'):>8} "
+                  f"{fmt('forward_peak_mb_ratio_vs_s3prl', '8.0%'):>8} {fmt('load_s', '7.2f'):>7} "
+                  f"{size / 2**20:8.1f} {size / files['supernet_bytes']:7.0%}")
+        diffs = ", ".join(f"{k} {v:.2e}" for k, v in res["max_abs_diff"].items())
+        print(f"{'':<7} max |diff| of the last hidden state: {diffs}")
+
+
+def check_targets(results: Dict[str, Any]) -> Dict[str, Any]:
+    """The issue's targets for the small subnet (reported, never enforced)."""
+    res = results.get("small")
+    if not res or "s3prl" not in res["peers"] or "compact" not in res["peers"]:
+        return {}
+    compact = res["peers"]["compact"]
+    out = {
+        "speedup_vs_s3prl >= 3": {"value": compact["speedup_vs_s3prl"], "met": compact["speedup_vs_s3prl"] >= 3},
+        "compact file <= 30% of official": {"value": res["compact_file_ratio"], "met": res["compact_file_ratio"] <= 0.30},
+    }
+    if "peak_mb_ratio_vs_s3prl" in compact:
+        out["peak memory <= 40% of s3prl (load + forward)"] = {
+            "value": compact["peak_mb_ratio_vs_s3prl"], "met": compact["peak_mb_ratio_vs_s3prl"] <= 0.40}
+        out["forward peak memory <= 40% of s3prl"] = {
+            "value": compact["forward_peak_mb_ratio_vs_s3prl"], "met": compact["forward_peak_mb_ratio_vs_s3prl"] <= 0.40}
+    for peer in [p for p in res["peers"] if p.startswith("compact-")]:
+        out[f"{peer} speedup_vs_s3prl >= 3"] = {"value": res["peers"][peer]["speedup_vs_s3prl"],
+                                               "met": res["peers"][peer]["speedup_vs_s3prl"] >= 3}
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Time, memory, load time and file size of s3prl's built-in LightHuBERT upstream against our "
+                    "supernet and compact paths, on one checkpoint file and one seeded batch.",
+    )
+    parser.add_argument("--subnets", default="small,base,stage1",
+                        help="comma-separated presets to run (default small,base,stage1)")
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="folder with lighthubert_{small,base,stage1}.pt (official files); missing files are "
+                             "written there as seeded random supernets. Default: the work folder")
+    parser.add_argument("--workdir", default=None,
+                        help="folder for generated files (default: a temporary folder removed at the end)")
+    parser.add_argument("--batch", type=int, default=8, help="utterances per batch (default 8)")
+    parser.add_argument("--min-seconds", type=float, default=2.0, help="shortest utterance (default 2 s)")
+    parser.add_argument("--max-seconds", type=float, default=15.0, help="longest utterance (default 15 s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the batch and of generated checkpoints")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per peer (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per peer first (default 1)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch.set_num_threads for every peer (default: all CPUs)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
+    parser.add_argument("--extra-dtypes", default="bfloat16",
+                        help="also time our compact path in these dtypes (comma-separated: bfloat16, float16; "
+                             "'' for none; default bfloat16)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-peer subprocess memory measurement")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: small only, 2 utterances of 1-2 s, 1 run, no warm-up, no extra dtypes")
+    parser.add_argument("--json", default="benchmark_upstream.json", help="where to write the results (atomically)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(child_main(json.loads(args.child))))
+        return 0
+    if args.quick:
+        args.subnets, args.batch, args.min_seconds, args.max_seconds = "small", 2, 1.0, 2.0
+        args.repeats, args.warmup, args.extra_dtypes = 1, 0, ""
+    from lighthubert_s3prl.config import ConfigError, get_preset
+    from lighthubert_s3prl.io_utils import atomic_write_text
+
+    subnets = [s.strip() for s in args.subnets.split(",") if s.strip()]
+    errors = []
+    for s in subnets:
+        try:
+            get_preset(s)
+        except ConfigError as err:
+            errors.append(str(err))
+    extra = [d.strip() for d in args.extra_dtypes.split(",") if d.strip()]
+    errors += [f"--extra-dtypes: {d!r} is not one of bfloat16, float16" for d in extra if d not in ("bfloat16", "float16")]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        errors.append("--device cuda was asked for but no CUDA GPU is available")
+    if args.batch < 1 or args.repeats < 1 or args.warmup < 0 or args.threads < 1:
+        errors.append("--batch, --repeats and --threads must be at least 1 and --warmup at least 0")
+    if not 0 < args.min_seconds <= args.max_seconds:
+        errors.append("need 0 < --min-seconds <= --max-seconds")
+    if args.checkpoint_dir and not Path(args.checkpoint_dir).is_dir():
+        errors.append(f"--checkpoint-dir {args.checkpoint_dir} is not a folder")
+    if errors:
+        for e in errors:
+            print(f"benchmark_upstream: error: {e}", file=sys.stderr)
+        return 2
+
+    torch.set_num_threads(args.threads)
+    peers = list(PEERS) + [f"compact-{d}" for d in extra]
+    wavs = [w.to(args.device) for w in make_batch(args.batch, args.min_seconds, args.max_seconds, args.seed)]
+    audio_s = sum(len(w) for w in wavs) / SAMPLE_RATE
+    import s3prl
+
+    meta: Dict[str, Any] = {
+        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "device": args.device, "threads": args.threads, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "s3prl": getattr(s3prl, "__version__", "?"), "python": platform.python_version(),
+        "batch_seconds": [round(len(w) / SAMPLE_RATE, 3) for w in wavs], "audio_seconds": audio_s,
+        "padded_seconds": len(wavs) * max(len(w) for w in wavs) / SAMPLE_RATE,
+        "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed, "load_average_start": _load_average(),
+    }
+    if args.device == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name()
+    print(f"batch: {len(wavs)} utterances, {audio_s:.1f} s of audio ({meta['padded_seconds']:.1f} s padded), "
+          f"{args.threads} threads on {args.device}; load average {meta['load_average_start']}", flush=True)
+
+    tmp = None
+    if args.workdir:
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.mkdtemp(prefix="lighthubert_bench_")
+        workdir = Path(tmp)
+    try:
+        results = {name: bench_subnet(name, args, workdir, wavs, peers) for name in subnets}
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    meta["load_average_end"] = _load_average()
+    print()
+    print_table(results, audio_s)
+    targets = check_targets(results)
+    if targets:
+        print("\ntargets (small subnet, CPU targets of the issue):")
+        for name, t in targets.items():
+            value = f"{t['value']:.2f}x" if "speedup" in name else f"{t['value']:.0%}"
+            print(f"  {'met    ' if t['met'] else 'MISSED '} {name}: {value}")
+    payload = {"meta": meta, "results": results, "targets": targets}
+    atomic_write_text(args.json, json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
