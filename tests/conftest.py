@@ -36,6 +36,15 @@ def tiny_ln_ckpt(ckpt_dir) -> Path:
     return write_random_checkpoint(ckpt_dir / "tiny_ln.pt", "small", seed=3, model_cfg=cfg)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Single-threaded torch for modules of many small calls: a second intra-op thread mostly waits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_wavs(lengths, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     t = [torch.arange(n) / 16000 for n in lengths]

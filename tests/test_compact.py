@@ -33,14 +33,7 @@ ATOL = RTOL = 1e-5
 BF16_MAX_REL_ERR = 0.03  # ||h_bf16 - h_fp32|| / ||h_fp32|| of the last hidden state, valid frames
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # these models are small per call; on a shared 2-core machine OpenMP threads contending with other
-    # processes made each call ~10x slower than a single thread
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _valid(hs, mask):

@@ -6,28 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-EXAMPLE_CONFIG = """\
-runner:
-  total_steps: 4
-  gradient_clipping: 1
-  gradient_accumulate_steps: 1
-  log_step: 2
-  eval_step: 4
-  save_step: 2
-  max_keep: 2
-  eval_dataloaders: [dev]
-optimizer:
-  name: TorchOptim
-  torch_optim_name: Adam
-  lr: 1.0e-3
-downstream_expert:
-  datarc:
-    num_workers: 0
-    train_batch_size: 2
-    eval_batch_size: 2
-  modelrc:
-    input_dim: 16
-"""
+from .launch_small_example import example_config
+
 
 
 LAUNCHER = Path(__file__).with_name("launch_small_example.py")
@@ -40,17 +20,11 @@ def _launch(args, cwd):
     return proc
 
 
-@pytest.fixture(scope="module")
-def example_config(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cfg") / "example.yaml"
-    path.write_text(EXAMPLE_CONFIG)
-    return path
-
-
 @pytest.mark.parametrize("entry", ["lighthubert_local", "lighthubert_subnet"])
-def test_example_downstream_trains_and_evaluates(entry, tiny_ckpt, example_config, tmp_path):
+def test_example_downstream_trains_and_evaluates(entry, tiny_ckpt, tmp_path):
     expdir = tmp_path / "exp"
-    args = ["-m", "train", "-u", entry, "-k", str(tiny_ckpt), "-d", "example", "-c", str(example_config),
+    config = example_config(tmp_path / "example.yaml", steps=4)
+    args = ["-m", "train", "-u", entry, "-k", str(tiny_ckpt), "-d", "example", "-c", str(config),
             "-p", str(expdir), "--device", "cpu"]
     if entry == "lighthubert_subnet":
         subnet = tmp_path / "subnet.yaml"

@@ -12,42 +12,12 @@ import torch
 from lighthubert_s3prl.training.config import load_config
 from lighthubert_s3prl.training.trainer import train
 
-from .test_training_fixtures import TINY_SPACE, one_thread, teacher_ckpt, tiny_config  # noqa: F401 (fixtures)
+from .launch_small_example import example_config
+from .test_training_fixtures import TINY_SPACE, teacher_ckpt, tiny_config  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# s3prl's PyPI package has no downstream config files: a minimal one for its `example` task
-EXAMPLE_CONFIG = """\
-runner:
-  total_steps: 2
-  gradient_clipping: 1
-  gradient_accumulate_steps: 1
-  log_step: 1
-  eval_step: 1000
-  save_step: 2
-  max_keep: 1
-  eval_dataloaders: [dev]
-optimizer:
-  name: TorchOptim
-  torch_optim_name: Adam
-  lr: 1.0e-3
-downstream_expert:
-  datarc: {num_workers: 0, train_batch_size: 2, eval_batch_size: 2}
-  modelrc: {input_dim: 16}
-"""
-
-# the example task draws 200 random clips of 5-20 s; a few 1-2 s clips keep CI short. distiller_local is
-# registered here in case the package's hub entry list does not carry it yet
-LAUNCHER = """\
-import sys
-import s3prl.downstream.example.dataset as example
-example.EXAMPLE_DATASET_SIZE, example.EXAMPLE_WAV_MIN_SEC, example.EXAMPLE_WAV_MAX_SEC = 4, 1, 2
-from lighthubert_s3prl import hubconf
-from lighthubert_s3prl.training.distiller import distiller_local
-hubconf.ENTRIES.setdefault("distiller_local", distiller_local)
-from lighthubert_s3prl.run_downstream import main
-sys.exit(main(sys.argv[1:]))
-"""
+LAUNCHER = Path(__file__).with_name("launch_small_example.py")
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +40,9 @@ def outputs(tmp_path_factory, teacher_ckpt):
     ("ekd", "distiller_local", 3),  # 2-layer DistilHuBERT-style student
 ])
 def test_run_downstream_trains_on_training_outputs(outputs, tmp_path, which, entry, featurizer_weights):
-    config = tmp_path / "example.yaml"
-    config.write_text(EXAMPLE_CONFIG)
-    launcher = tmp_path / "launch.py"
-    launcher.write_text(LAUNCHER)
+    config = example_config(tmp_path / "example.yaml", steps=2)
     expdir = tmp_path / "exp"
-    cmd = [sys.executable, str(launcher), "-m", "train", "-u", entry, "-k", str(outputs[which]), "-d", "example",
+    cmd = [sys.executable, str(LAUNCHER), "-m", "train", "-u", entry, "-k", str(outputs[which]), "-d", "example",
            "-c", str(config), "-p", str(expdir), "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)

@@ -57,12 +57,3 @@ def teacher_ckpt(tmp_path_factory) -> Path:
 def teacher_b_ckpt(tmp_path_factory) -> Path:
     return write_random_checkpoint(tmp_path_factory.mktemp("teachers") / "teacher_b.pt", "stage1", seed=12,
                                    model_cfg=tiny_model_config())
-
-
-@pytest.fixture
-def one_thread():
-    """Training tests run single-threaded: on 2 shared cores, a second intra-op thread mostly waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -19,7 +19,6 @@ from lighthubert_s3prl.training.trainer import Trainer, train
 from .test_training_fixtures import (  # noqa: F401 (fixtures)
     TINY_SPACE,
     drop_ratio,
-    one_thread,
     teacher_b_ckpt,
     teacher_ckpt,
     tiny_config,
