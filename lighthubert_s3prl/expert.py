@@ -148,10 +148,10 @@ class UpstreamExpert(nn.Module):
         return self.model.downsample_rate
 
     def forward(self, wavs: List[torch.Tensor]) -> Dict[str, Any]:
-        if isinstance(self.model, CompactLightHuBERT) and self.options.padding_mode == "exact":
-            # "exact" means each utterance as if alone, so run them alone and spend nothing on padding
-            if len(wavs) == 0:
-                raise ValueError("got an empty list of waveforms")
+        on_cpu = len(wavs) > 0 and wavs[0].device.type == "cpu"
+        if isinstance(self.model, CompactLightHuBERT) and self.options.padding_mode == "exact" and on_cpu:
+            # "exact" means each utterance as if alone; on a CPU running them alone spends nothing on padding,
+            # while a GPU is better used by one padded batch (equally exact)
             out = self.model.forward_utterances([F.layer_norm(w.float(), w.shape) for w in wavs])
         else:
             padded, padding_mask = prepare_batch(wavs)

@@ -157,3 +157,9 @@ def test_launcher_registers_names_in_s3prl_hub():
                           "lighthubert_subnet"}
     assert hub.lighthubert_small is hubconf.lighthubert_small
     assert _normalise_distributed_args(["--local-rank=1", "-m", "train"]) == ["--local_rank", "1", "-m", "train"]
+
+
+def test_empty_batch_is_a_clear_error(tiny_ckpt):
+    up = UpstreamExpert(str(tiny_ckpt)).eval()
+    with pytest.raises(ValueError, match="got an empty list of waveforms"):
+        up([])
