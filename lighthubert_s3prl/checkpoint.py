@@ -11,7 +11,7 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
@@ -22,6 +22,7 @@ from .config import (
     SearchSpace,
     SubnetConfig,
     get_preset,
+    resolve_subnet,
 )
 from .compact import COMPACT_FORMAT
 from .io_utils import atomic_write
@@ -48,6 +49,15 @@ class LoadedCheckpoint:
     default_subnet: Optional[SubnetConfig] = None
     search_space: Optional[SearchSpace] = None
     extras: Dict[str, Any] = field(default_factory=dict)
+
+    def subnet(self, spec: Any = None) -> SubnetConfig:
+        """Resolve ``spec`` (None = this checkpoint's own subnet) and check that it is a slice of this model."""
+        chosen = resolve_subnet(spec, self.default_subnet)
+        try:
+            chosen.validate_for(self.model_cfg)
+        except ConfigError as err:
+            raise ConfigError(f"subnet does not fit checkpoint {self.path}: {err}") from None
+        return chosen
 
 
 def _torch_load(path: Path) -> Any:

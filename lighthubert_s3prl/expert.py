@@ -16,9 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from .checkpoint import CheckpointError, build_supernet, load_checkpoint
+from .checkpoint import build_supernet, load_checkpoint
 from .compact import CompactLightHuBERT, build_compact
-from .config import ConfigError, SubnetConfig, count_parameters, resolve_subnet
+from .config import ConfigError, count_parameters, resolve_subnet
 from .supernet import PADDING_MODES
 
 logger = logging.getLogger(__name__)
@@ -125,11 +125,7 @@ class UpstreamExpert(nn.Module):
                     )
             self.subnet = loaded.default_subnet
         else:
-            self.subnet = resolve_subnet(options.subnet, loaded.default_subnet)
-            try:
-                self.subnet.validate_for(loaded.model_cfg)
-            except ConfigError as err:
-                raise ConfigError(f"subnet does not fit checkpoint {ckpt}: {err}") from None
+            self.subnet = loaded.subnet(options.subnet)
             if options.implementation == "compact":
                 # sliced straight from the state dict: no supernet module is built (less memory, faster)
                 self.model = CompactLightHuBERT.from_checkpoint(loaded, self.subnet)

@@ -19,7 +19,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .compact import CompactLightHuBERT, compact_payload
-from .config import ConfigError, SubnetConfig, count_parameters, preset_names, resolve_subnet
+from .config import ConfigError, SubnetConfig, count_parameters, preset_names
 from .io_utils import atomic_write_text
 
 STORAGE_DTYPES: Dict[str, torch.dtype] = {
@@ -79,12 +79,7 @@ def _check_output(output: Path, force: bool) -> None:
 def build_compact_for(ckpt: Union[str, Path], subnet: Any = None) -> CompactLightHuBERT:
     """Load ``ckpt`` (supernet or compact) and return the dense model of ``subnet`` (a spec or config)."""
     loaded = load_checkpoint(ckpt)
-    chosen = resolve_subnet(subnet, loaded.default_subnet)
-    try:
-        chosen.validate_for(loaded.model_cfg)
-    except ConfigError as err:
-        raise ConfigError(f"subnet does not fit checkpoint {ckpt}: {err}") from None
-    return CompactLightHuBERT.from_checkpoint(loaded, chosen)
+    return CompactLightHuBERT.from_checkpoint(loaded, loaded.subnet(subnet))
 
 
 def export_compact(

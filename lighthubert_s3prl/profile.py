@@ -135,11 +135,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.ckpt:
             loaded = load_checkpoint(args.ckpt)
             model_cfg = loaded.model_cfg
-            subnet = resolve_subnet(args.subnet, loaded.default_subnet)
-            try:
-                subnet.validate_for(model_cfg)
-            except ConfigError as err:
-                raise ConfigError(f"subnet does not fit checkpoint {args.ckpt}: {err}") from None
+            subnet = loaded.subnet(args.subnet)
             source = args.ckpt
         else:
             loaded, model_cfg = None, ModelConfig()
