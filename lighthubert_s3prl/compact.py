@@ -26,63 +26,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .config import HEAD_DIM, ConfigError, ModelConfig, SubnetConfig, kept_layers
-from .modules import ConvFeatureExtractor, EncoderLayer, LayerDims, conv_output_lengths, ffn_rows
+from .fast_cnn import receptive_field_and_hop
+from .modules import EncoderLayer, LayerDims, conv_output_lengths, ffn_rows
 from .supernet import LightHuBERTBackbone, LightHuBERTSupernet, ModelOutput
 
 COMPACT_FORMAT = "lighthubert_s3prl.compact"
 COMPACT_VERSION = 1
-
-
-class FoldedConvFeatureExtractor(ConvFeatureExtractor):
-    """The CNN with the GroupNorm of ``default`` mode folded into the first convolution.
-
-    That GroupNorm has one group per channel, so given an utterance's statistics it is a per-channel
-    affine map, and those statistics follow exactly from the waveform: conv 0 is linear in the k-sample
-    windows, so each channel's mean and variance are ``w.m`` and ``w^T.Cov.w`` with m and Cov the mean and
-    covariance of the windows (k x k, computed in float64). Conv 0 then runs once, as a matrix product with
-    the normalisation already in its weights, instead of conv + a full normalisation pass over its output
-    (512 x 3200 values per second of audio, the largest tensor of the model). Results agree with the plain
-    CNN to float32 rounding; ``layer_norm`` mode is unchanged.
-    """
-
-    def forward(self, wav: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.mode != "default":
-            return super().forward(wav, lengths)
-        x = F.gelu(self._normalised_first_conv(wav, lengths))
-        for block in self.conv_layers[1:]:
-            x = F.gelu(block[0](x))
-        return x
-
-    def _normalised_first_conv(self, wav: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
-        conv, norm = self.conv_layers[0][0], self.conv_layers[0][2]
-        k, s = conv.kernel_size[0], conv.stride[0]
-        wav = wav.contiguous()
-        B, L = wav.shape
-        T0 = (L - k) // s + 1
-        windows = wav.as_strided((B, T0, k), (L, s, 1))  # (B, T0, k): the samples each output frame sees
-        wd = windows.double()
-        if lengths is None:  # statistics over every frame (also what the reference padding mode does)
-            count = torch.full((B,), float(T0), dtype=torch.float64, device=wav.device)
-        else:  # only over each utterance's own frames
-            frames = conv_output_lengths(lengths, self.conv_spec[:1]).to(wav.device)
-            valid = torch.arange(T0, device=wav.device)[None, :] < frames[:, None]
-            wd = wd * valid[..., None]
-            count = frames.double().clamp(min=1)
-        mean_w = wd.sum(1) / count[:, None]  # (B, k)
-        cov = wd.transpose(1, 2) @ wd / count[:, None, None] - mean_w[:, :, None] * mean_w[:, None, :]
-        W = conv.weight[:, 0, :].double()  # (C, k)
-        mean = mean_w @ W.t()  # (B, C)
-        if conv.bias is not None:
-            mean = mean + conv.bias.double()
-        var = torch.einsum("ck,bkl,cl->bc", W, cov, W).clamp(min=0)
-        scale = norm.weight.double() * torch.rsqrt(var + norm.eps)  # (B, C)
-        shift = norm.bias.double() - mean * scale
-        bias = conv.bias.double() * scale if conv.bias is not None else 0.0
-        folded = (W[None] * scale[..., None]).to(wav.dtype)  # (B, C, k)
-        return torch.baddbmm((shift + bias).to(wav.dtype)[..., None], folded, windows.transpose(1, 2))
 
 
 class CompactLightHuBERT(LightHuBERTBackbone):
@@ -91,8 +42,6 @@ class CompactLightHuBERT(LightHuBERTBackbone):
     def __init__(self, cfg: ModelConfig, subnet: SubnetConfig) -> None:
         subnet.validate_for(cfg)
         super().__init__(cfg, subnet.embed_dim, dense_pos_conv=True)
-        # same parameters and results, cheaper first layer (see FoldedConvFeatureExtractor)
-        self.feature_extractor = FoldedConvFeatureExtractor(cfg.conv_layers, cfg.extractor_mode, cfg.conv_bias)
         self.subnet = subnet
         E = subnet.embed_dim
         self.encoder.layers = nn.ModuleList(
@@ -222,11 +171,7 @@ class CompactLightHuBERT(LightHuBERTBackbone):
 
 def receptive_field(cfg: ModelConfig) -> int:
     """Samples one output frame of the CNN sees (400 for the standard layers)."""
-    field, jump = 1, 1
-    for _, kernel, stride in cfg.conv_layers:
-        field += (kernel - 1) * jump
-        jump *= stride
-    return field
+    return receptive_field_and_hop(cfg.conv_layers)[0]
 
 
 # ---------------------------------------------------------------------------------------------------

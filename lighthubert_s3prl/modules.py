@@ -68,12 +68,16 @@ class ConvFeatureExtractor(nn.Module):
             norm = block[2] if len(block) == 4 else None
             if isinstance(norm, nn.GroupNorm):
                 x = self._group_norm(x, norm, None if lengths is None else conv_output_lengths(lengths, self.conv_spec[:1]))
-            elif norm is not None:  # layer_norm mode, in fp32 as the original
-                ln = norm[1]
-                y = F.layer_norm(x.transpose(1, 2).float(), ln.normalized_shape, ln.weight.float(), ln.bias.float(), ln.eps)
-                x = y.type_as(x).transpose(1, 2)
+            elif norm is not None:
+                x = self._layer_norm(x, norm[1])
             x = F.gelu(x)
         return x
+
+    @staticmethod
+    def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
+        """Channel LayerNorm of ``layer_norm`` mode, in float32 as the original."""
+        y = F.layer_norm(x.transpose(1, 2).float(), ln.normalized_shape, ln.weight.float(), ln.bias.float(), ln.eps)
+        return y.type_as(x).transpose(1, 2)
 
     @staticmethod
     def _group_norm(x: torch.Tensor, norm: nn.GroupNorm, frames: Optional[torch.Tensor]) -> torch.Tensor:

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import HEAD_DIM, ConfigError, ModelConfig, SubnetConfig, kept_layers
-from .modules import ConvFeatureExtractor, EncoderLayer, LayerDims, PositionalConv, conv_output_lengths
+from .config import HEAD_DIM, ModelConfig, SubnetConfig, kept_layers
+from .fast_cnn import FoldedConvFeatureExtractor
+from .modules import EncoderLayer, LayerDims, PositionalConv, conv_output_lengths
 
 PADDING_MODES = ("exact", "reference")
 
@@ -53,7 +54,8 @@ class LightHuBERTBackbone(nn.Module):
         cfg.validate()
         self.cfg = cfg
         C = cfg.cnn_dim
-        self.feature_extractor = ConvFeatureExtractor(cfg.conv_layers, cfg.extractor_mode, cfg.conv_bias)
+        # the plain CNN while training; folded and chunked for inference (same weights and results)
+        self.feature_extractor = FoldedConvFeatureExtractor(cfg.conv_layers, cfg.extractor_mode, cfg.conv_bias)
         self.layer_norm = nn.LayerNorm(C)
         self.post_extract_proj = nn.Linear(C, embed_dim)
         self.mask_emb = nn.Parameter(torch.zeros(embed_dim))

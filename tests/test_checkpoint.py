@@ -1,6 +1,5 @@
 """Checkpoint loading: kinds, layouts, and every error path with its message."""
 import os
-import zipfile
 from pathlib import Path
 
 import pytest

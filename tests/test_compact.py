@@ -21,6 +21,8 @@ from lighthubert_s3prl.compact import (
 )
 from lighthubert_s3prl.config import ConfigError, SubnetConfig, count_parameters, get_preset, resolve_subnet
 from lighthubert_s3prl.expert import prepare_batch
+from lighthubert_s3prl.fast_cnn import FoldedConvFeatureExtractor
+from lighthubert_s3prl.modules import ConvFeatureExtractor, conv_output_lengths
 from lighthubert_s3prl.supernet import LightHuBERTSupernet
 
 from .conftest import make_wavs
@@ -82,6 +84,48 @@ def test_compact_matches_supernet_real_shapes(spec, real_supernet, real_ckpt, re
         torch.testing.assert_close(a, _valid([s], sliced.padding_mask)[0], atol=ATOL, rtol=RTOL,
                                    msg=lambda m: f"{spec} forward_utterances layer {i}: {m}")
     assert torch.all(alone.hidden_states[-1][2, 18:] == 0)
+
+
+@pytest.mark.parametrize("mode", ["default", "layer_norm"])
+@pytest.mark.parametrize("chunk_frames", [None, 1, 7, 16, 1000])
+def test_chunked_folded_cnn_equals_the_plain_cnn(mode, chunk_frames):
+    """Folding and chunking change no feature: padded batches, own-frame statistics, ragged last chunks."""
+    cfg = tiny_model_config(extractor_mode=mode)
+    supernet = LightHuBERTSupernet(cfg).reset_parameters(3).eval()
+    fast = CompactLightHuBERT.from_supernet(supernet).feature_extractor
+    assert isinstance(fast, FoldedConvFeatureExtractor)
+    fast.chunk_frames = chunk_frames
+    padded, mask = prepare_batch(make_wavs([16000, 11111, 6000, 719], seed=5))
+    lengths = (~mask).sum(-1)
+    frames = conv_output_lengths(lengths, cfg.conv_layers)
+    with torch.no_grad():
+        for lens in (None, lengths):
+            want = ConvFeatureExtractor.forward(fast, padded, lens)
+            got = fast(padded, lens)
+            assert got.shape == want.shape == (4, cfg.conv_layers[-1][0], 49)
+            for b, n in enumerate(frames.tolist()):  # padded frames depend on the chunking only in exact mode
+                limit = 49 if lens is None else n
+                torch.testing.assert_close(got[b, :, :limit], want[b, :, :limit], atol=ATOL, rtol=RTOL)
+            for b in range(4):  # one utterance alone, as forward_utterances runs it
+                n = int(lengths[b])
+                torch.testing.assert_close(fast(padded[b:b + 1, :n]), ConvFeatureExtractor.forward(fast, padded[b:b + 1, :n]),
+                                           atol=ATOL, rtol=RTOL)
+
+
+def test_supernet_trains_through_the_plain_cnn_and_infers_through_the_folded_one():
+    cfg = tiny_model_config()
+    supernet = LightHuBERTSupernet(cfg).reset_parameters(4)
+    cnn = supernet.feature_extractor
+    wav = make_wavs([16000], seed=6)[0][None]
+    plain = ConvFeatureExtractor.forward(cnn, wav)
+    out = cnn(wav)  # training mode, gradients on: the reference CNN itself, bit for bit
+    assert torch.equal(out, plain)
+    out.sum().backward()
+    assert cnn.conv_layers[0][2].weight.grad is not None  # the GroupNorm is trained as a module of its own
+    with torch.no_grad():
+        folded = cnn(wav)
+    assert not torch.equal(folded, plain)  # a different computation ...
+    torch.testing.assert_close(folded, plain, atol=ATOL, rtol=RTOL)  # ... of the same features
 
 
 def _tiny_random_subnet(rng: random.Random, cfg, layer_num: int) -> SubnetConfig:

@@ -1,12 +1,11 @@
 """The s3prl upstream: padding, featurizer, hub entries and options."""
-from pathlib import Path
 
 import pytest
 import torch
 
 from lighthubert_s3prl import hubconf
 from lighthubert_s3prl.checkpoint import CheckpointError
-from lighthubert_s3prl.config import ConfigError, get_preset, resolve_subnet
+from lighthubert_s3prl.config import ConfigError, get_preset
 from lighthubert_s3prl.expert import UpstreamExpert
 
 from .conftest import make_wavs

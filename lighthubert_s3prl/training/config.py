@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
-from ..config import SEARCH_SPACES, ConfigError, SearchSpace, SubnetConfig, resolve_subnet
+from ..config import SEARCH_SPACES, ConfigError, SearchSpace
 
 STAGES = ("stage1", "stage2", "ekd")
 
