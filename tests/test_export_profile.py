@@ -130,23 +130,29 @@ _VALIDATE = textwrap.dedent("""
         assert isinstance(rate, int)
         assert abs(round(max_len / rate) - hidden_states[0].size(1)) < 5
     print("VALID", len(results["hidden_states"]), tuple(results["hidden_states"][0].shape))
+    import lighthubert_s3prl
+    print("CODE", lighthubert_s3prl.__file__)
 """)
 
 
 def test_hidden_set_folder_passes_validate(small_ckpt, tmp_path, capsys):
     folder = write_hidden_set_folder(small_ckpt, "small", tmp_path / "submission")
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "expert.py", "model.pt", "requirements.txt"]
-    assert "lighthubert-s3prl" in (folder / "requirements.txt").read_text()
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "expert.py", "lighthubert_s3prl", "model.pt",
+                                                         "requirements.txt"]
+    # self-contained: the inference code travels with the weights, so evaluators need only torch
+    assert (folder / "requirements.txt").read_text().split() == [f"torch>={torch.__version__.split('+')[0].rsplit('.', 1)[0]}",
+                                                                 "pyyaml"]
     assert "26,873,600" in (folder / "README.md").read_text()
     proc = subprocess.run([sys.executable, "-c", _VALIDATE], cwd=folder, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "VALID 13 (3, 184, 384)" in proc.stdout
+    assert f"CODE {folder.resolve() / 'lighthubert_s3prl' / '__init__.py'}" in proc.stdout  # the bundled copy ran
     # the expert also finds model.pt next to itself when run from elsewhere
     code = f"import sys; sys.path.insert(0, {str(folder)!r}); from expert import UpstreamExpert; UpstreamExpert()"
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    with pytest.raises(ExportError, match=r"already holds \['expert.py', 'model.pt', 'requirements.txt', 'README.md'\]; "
-                                          r"pass --force"):
+    with pytest.raises(ExportError, match=r"already holds \['expert.py', 'model.pt', 'requirements.txt', 'README.md', "
+                                          r"'lighthubert_s3prl'\]; pass --force"):
         write_hidden_set_folder(small_ckpt, "small", folder)
     # the CLI form
     assert export_main(["--ckpt", str(small_ckpt), "--subnet", "small-min", "--hidden-set", str(folder), "--force"]) == 0
