@@ -4,8 +4,13 @@
 In one run, on the same checkpoint file and the same seeded batch of waveforms, for each subnet
 (small, base, stage1 by default) it measures:
 
-* wall time per batch: median of ``--repeats`` runs after ``--warmup``, the peers interleaved round by
-  round so that load changes on a shared machine hit every peer alike;
+* wall time per batch: median of ``--repeats`` runs after ``--warmup``, each peer in a process of its own.
+  By default (``--schedule alone``) the peers take turns: one process at a time loads its peer, warms up
+  and runs all its repeats back to back, then exits. This is the conservative schedule: s3prl's expert
+  page-faults about 11 GB per batch and runs 25-30 % slower when other work runs between its batches
+  (as a downstream model's steps do in real use). ``--schedule interleaved`` keeps every peer's process
+  alive and alternates them batch by batch, so that load changes on a shared machine hit every peer
+  alike; it reports that slower s3prl figure;
 * peak memory: on CPU the peak RSS increase, each peer in a fresh subprocess (so allocations of one peer
   never count for another), both for load + forward and for the forward alone; on CUDA
   ``torch.cuda.max_memory_allocated``;
@@ -32,7 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable from a checkout without installing the package
@@ -175,6 +180,60 @@ def child_main(spec: Dict[str, Any]) -> Dict[str, Any]:
     return result
 
 
+def timer_main(spec: Dict[str, Any]) -> None:
+    """Worker of one peer: load it, then answer ``run`` (time one batch) and ``save PATH`` lines on stdin."""
+    torch.set_num_threads(spec["threads"])
+    device = spec["device"]
+    wavs = [w.to(device) for w in make_batch(spec["batch"], spec["min_s"], spec["max_s"], spec["seed"])]
+    start = time.perf_counter()
+    model = build_peer(spec["peer"], spec["ckpt"], spec["compact"], spec["subnet"], device)
+    print(json.dumps({"load_s": time.perf_counter() - start}), flush=True)
+    out = None
+    for line in sys.stdin:
+        command, _, arg = line.strip().partition(" ")
+        if command == "run":
+            start = time.perf_counter()
+            out = run_peer(model, wavs, device)
+            print(json.dumps({"batch_s": time.perf_counter() - start}), flush=True)
+        elif command == "save":
+            torch.save(out[-1].float().cpu(), arg)
+            print(json.dumps({"saved": arg}), flush=True)
+        elif command == "quit":
+            break
+
+
+class PeerProcess:
+    """A running :func:`timer_main` worker; its stderr goes to ``log``."""
+
+    def __init__(self, spec: Dict[str, Any], log: Path) -> None:
+        self.peer, self.log = spec["peer"], log
+        with open(log, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--timer", json.dumps(spec)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+        self.ready = self._reply()
+
+    def _reply(self) -> Dict[str, Any]:
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        tail = "\n".join(self.log.read_text().strip().splitlines()[-15:])
+        raise RuntimeError(f"the {self.peer} worker stopped (exit code {self.proc.wait()}):\n{tail}")
+
+    def ask(self, command: str) -> Dict[str, Any]:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+
+
 def measure_in_subprocess(spec: Dict[str, Any]) -> Dict[str, Any]:
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
                           capture_output=True, text=True)
@@ -251,6 +310,45 @@ def max_diffs(outputs: Dict[str, List[torch.Tensor]], wavs: List[torch.Tensor]) 
     return diffs
 
 
+def time_peers(peers: List[str], spec_base: Dict[str, Any], args: argparse.Namespace,
+               prefix: Path) -> Tuple[Dict[str, List[float]], Dict[str, List[torch.Tensor]]]:
+    """Batch times of every peer (each in its own process, see ``--schedule``) and its last hidden state."""
+    times: Dict[str, List[float]] = {peer: [] for peer in peers}
+    outputs: Dict[str, List[torch.Tensor]] = {}
+    workers: Dict[str, PeerProcess] = {}
+
+    def finish(peer: str) -> None:
+        path = Path(f"{prefix}_{peer}_last_hidden.pt")
+        workers[peer].ask(f"save {path}")
+        outputs[peer] = [torch.load(path, weights_only=True)]
+        path.unlink()
+        workers.pop(peer).close()
+
+    try:
+        if args.schedule == "alone":
+            for peer in peers:
+                workers[peer] = PeerProcess({**spec_base, "peer": peer}, Path(f"{prefix}_{peer}.log"))
+                for _ in range(args.warmup):
+                    workers[peer].ask("run")
+                times[peer] = [workers[peer].ask("run")["batch_s"] for _ in range(args.repeats)]
+                finish(peer)
+        else:
+            for peer in peers:
+                workers[peer] = PeerProcess({**spec_base, "peer": peer}, Path(f"{prefix}_{peer}.log"))
+            for _ in range(args.warmup):
+                for worker in workers.values():
+                    worker.ask("run")
+            for _ in range(args.repeats):
+                for peer, worker in workers.items():
+                    times[peer].append(worker.ask("run")["batch_s"])
+            for peer in peers:
+                finish(peer)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return times, outputs
+
+
 def bench_subnet(subnet_name: str, args: argparse.Namespace, workdir: Path, wavs: List[torch.Tensor],
                  peers: List[str]) -> Dict[str, Any]:
     from lighthubert_s3prl.config import count_parameters, get_preset
@@ -270,25 +368,9 @@ def bench_subnet(subnet_name: str, args: argparse.Namespace, workdir: Path, wavs
         result["peers"][peer] = entry
 
     print(f"[{subnet_name}] timing {', '.join(PEER_LABELS[p] for p in peers)}: {args.warmup} warm-up + "
-          f"{args.repeats} interleaved runs each", flush=True)
-    models = {}
-    for peer in peers:
-        start = time.perf_counter()
-        models[peer] = build_peer(peer, files["checkpoint"], files["compact"], subnet_name, args.device)
-        result["peers"][peer]["load_s_in_process"] = time.perf_counter() - start
-    outputs = {}
-    for _ in range(args.warmup):
-        for peer, model in models.items():
-            outputs[peer] = run_peer(model, wavs, args.device)
-    times: Dict[str, List[float]] = {peer: [] for peer in peers}
-    for _ in range(args.repeats):
-        for peer, model in models.items():
-            start = time.perf_counter()
-            outputs[peer] = run_peer(model, wavs, args.device)
-            times[peer].append(time.perf_counter() - start)
+          f"{args.repeats} runs each, schedule '{args.schedule}'", flush=True)
+    times, outputs = time_peers(peers, spec_base, args, workdir / f"timer_{subnet_name}")
     result["max_abs_diff"] = max_diffs(outputs, wavs)
-    del models, outputs
-    gc.collect()
 
     for peer in peers:
         entry = result["peers"][peer]
@@ -370,6 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the batch and of generated checkpoints")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per peer (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per peer first (default 1)")
+    parser.add_argument("--schedule", default="alone", choices=["alone", "interleaved"],
+                        help="'alone' (default, conservative): each peer's runs back to back in its own process, "
+                             "one process at a time; 'interleaved': all peers' processes alive, alternating batch "
+                             "by batch (s3prl's expert is 25-30%% slower that way)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch.set_num_threads for every peer (default: all CPUs)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
@@ -381,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="smoke run: small only, 2 utterances of 1-2 s, 1 run, no warm-up, no extra dtypes")
     parser.add_argument("--json", default="benchmark_upstream.json", help="where to write the results (atomically)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--timer", default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -388,6 +475,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.child is not None:
         print(json.dumps(child_main(json.loads(args.child))))
+        return 0
+    if args.timer is not None:
+        timer_main(json.loads(args.timer))
         return 0
     if args.quick:
         args.subnets, args.batch, args.min_seconds, args.max_seconds = "small", 2, 1.0, 2.0
@@ -429,7 +519,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         "torch": torch.__version__, "s3prl": getattr(s3prl, "__version__", "?"), "python": platform.python_version(),
         "batch_seconds": [round(len(w) / SAMPLE_RATE, 3) for w in wavs], "audio_seconds": audio_s,
         "padded_seconds": len(wavs) * max(len(w) for w in wavs) / SAMPLE_RATE,
-        "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed, "load_average_start": _load_average(),
+        "repeats": args.repeats, "warmup": args.warmup, "schedule": args.schedule, "seed": args.seed,
+        "load_average_start": _load_average(),
     }
     if args.device == "cuda":
         meta["gpu"] = torch.cuda.get_device_name()
