@@ -248,10 +248,12 @@ def test_profile_errors_are_clear(tiny_ckpt, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------------- benchmark
-def test_benchmark_quick_smoke(small_ckpt, tmp_path):
+@pytest.mark.parametrize("schedule", ["alone", "interleaved"])
+def test_benchmark_quick_smoke(small_ckpt, tmp_path, schedule):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "benchmark_upstream.py"), "--quick", "--threads", "1",
-           "--checkpoint-dir", str(small_ckpt.parent), "--workdir", str(tmp_path / "work"), "--json", str(out)]
+           "--checkpoint-dir", str(small_ckpt.parent), "--workdir", str(tmp_path / "work"), "--json", str(out),
+           "--schedule", schedule]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "s3prl built-in" in proc.stdout and "ours compact" in proc.stdout and "targets" in proc.stdout
@@ -263,9 +265,12 @@ def test_benchmark_quick_smoke(small_ckpt, tmp_path):
         entry = small["peers"][peer]
         assert entry["batch_s"] > 0 and entry["load_s"] > 0 and entry["peak_mb"] > 0
     assert small["peers"]["compact"]["speedup_vs_s3prl"] > 0
-    # the three implementations compute the same thing
+    # the three implementations compute the same thing (last hidden states sent back by each peer's process)
+    assert set(small["max_abs_diff"]) == {"supernet_vs_s3prl_longest", "compact_vs_s3prl_longest", "compact_vs_supernet_all"}
     assert all(v < 1e-3 for v in small["max_abs_diff"].values()), small["max_abs_diff"]
     assert data["meta"]["threads"] == 1 and len(data["meta"]["batch_seconds"]) == 2
+    assert data["meta"]["schedule"] == schedule
+    assert not list((tmp_path / "work").glob("*_last_hidden.pt"))  # hand-over files are cleaned up
 
 
 def test_benchmark_rejects_bad_arguments(tmp_path):
@@ -275,3 +280,14 @@ def test_benchmark_rejects_bad_arguments(tmp_path):
     assert proc.returncode == 2
     assert "unknown subnet preset 'tiny'" in proc.stderr
     assert not (tmp_path / "b.json").exists()
+
+
+def test_cnn_benchmark_smoke():
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark_cnn.py"), "--seconds", "0.7", "--repeats", "1",
+           "--threads", "1", "--chunks", "7,16"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("plain", "folded", "folded, chunks of 7", "folded, chunks of 16"):
+        assert f"  {name} " in proc.stdout
+    bad = subprocess.run(cmd[:2] + ["--chunks", "a,b"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "give whole numbers of frames" in bad.stderr
