@@ -7,10 +7,10 @@ In one run, on the same checkpoint file and the same seeded batch of waveforms, 
 * wall time per batch: median of ``--repeats`` runs after ``--warmup``, each peer in a process of its own.
   By default (``--schedule alone``) the peers take turns: one process at a time loads its peer, warms up
   and runs all its repeats back to back, then exits. This is the conservative schedule: s3prl's expert
-  page-faults about 11 GB per batch and runs 25-30 % slower when other work runs between its batches
-  (as a downstream model's steps do in real use). ``--schedule interleaved`` keeps every peer's process
-  alive and alternates them batch by batch, so that load changes on a shared machine hit every peer
-  alike; it reports that slower s3prl figure;
+  page-faults about 11 GB per batch, and in one check it ran 25-30 % slower when other work ran between
+  its batches (as a downstream model's steps do in real use). ``--schedule interleaved`` keeps every
+  peer's process alive and alternates them batch by batch, so that load changes on a shared machine hit
+  every peer alike;
 * peak memory: on CPU the peak RSS increase, each peer in a fresh subprocess (so allocations of one peer
   never count for another), both for load + forward and for the forward alone; on CUDA
   ``torch.cuda.max_memory_allocated``;
@@ -210,7 +210,7 @@ class PeerProcess:
         with open(log, "w") as err:
             self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--timer", json.dumps(spec)],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
-        self.ready = self._reply()
+        self._reply()  # loaded
 
     def _reply(self) -> Dict[str, Any]:
         for line in self.proc.stdout:
@@ -455,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--schedule", default="alone", choices=["alone", "interleaved"],
                         help="'alone' (default, conservative): each peer's runs back to back in its own process, "
                              "one process at a time; 'interleaved': all peers' processes alive, alternating batch "
-                             "by batch (s3prl's expert is 25-30%% slower that way)")
+                             "by batch (s3prl's expert can run slower that way)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch.set_num_threads for every peer (default: all CPUs)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
