@@ -376,6 +376,17 @@ def test_validate_hidden_folder(tmp_path):
     declared = _fake_hidden(tmp_path / "declared", extra="import lighthubert_s3prl\n")
     (declared / "requirements.txt").write_text("torch>=2.8  # cpu is fine\nlighthubert_s3prl>=0.1.0\n")
     assert package.validate_hidden_folder(declared)["requirements"] == ["torch", "lighthubert-s3prl"]
+    # ... or bundles a copy of its own, which is then the one imported
+    bundled = _fake_hidden(tmp_path / "bundled", extra="import lighthubert_s3prl\nassert lighthubert_s3prl.BUNDLED\n")
+    (bundled / "lighthubert_s3prl").mkdir()
+    (bundled / "lighthubert_s3prl" / "__init__.py").write_text("BUNDLED = True\n")
+    assert package.validate_hidden_folder(bundled)["requirements"] == []
+    # a bundled copy does not open the rest of the installed package
+    partial = _fake_hidden(tmp_path / "partial", extra="import lighthubert_s3prl.superb\n")
+    (partial / "lighthubert_s3prl").mkdir()
+    (partial / "lighthubert_s3prl" / "__init__.py").write_text("")
+    with pytest.raises(package.PackageError, match="lighthubert_s3prl.superb is not available to a hidden-set folder"):
+        package.validate_hidden_folder(partial)
     (tmp_path / "empty").mkdir()
     with pytest.raises(package.PackageError, match="has no expert.py"):
         package.validate_hidden_folder(tmp_path / "empty")
@@ -396,3 +407,4 @@ def test_package_hidden_end_to_end(tmp_path):
     subnet.write_text("subnet: {embed_dim: 64, layer_num: 10, heads_num: 1, ffn_ratio: 2.0}\n")
     report = package.build_hidden(ckpt, str(subnet), tmp_path / "hidden")
     assert report["tasks"]["PR"]["rate"] == 320 and report["tasks"]["PR"]["layers"] == 11
+    assert report["requirements"] == ["torch", "pyyaml"]  # the folder bundles its inference code

@@ -309,9 +309,13 @@ _HIDDEN_CHECK = textwrap.dedent('''
     import importlib.abc, json, os, sys
     folder, blocked, tasks = sys.argv[1], set(json.loads(sys.argv[2])), json.loads(sys.argv[3])
 
+    def bundled(name):  # a module the folder holds a copy of may load from there, and only from there
+        base = os.path.join(folder, *name.split("."))
+        return os.path.isfile(base + ".py") or os.path.isfile(os.path.join(base, "__init__.py"))
+
     class _Blocked(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in blocked:
+            if name.split(".")[0] in blocked and not bundled(name):
                 raise ImportError(f"{name} is not available to a hidden-set folder: it must load on its own")
             return None
 
@@ -368,7 +372,8 @@ def validate_hidden_folder(folder: Union[str, Path], blocked: Sequence[str] = ("
     """The template's ``cli.py validate`` checks on ``folder``, run in a fresh interpreter; returns a report.
 
     The folder must load from its own files plus what its ``requirements.txt`` declares (the evaluators
-    install those): modules in ``blocked`` are made unimportable unless requirements.txt lists them.
+    install those): modules in ``blocked`` are made unimportable unless requirements.txt lists them or the
+    folder bundles them (a copy inside it, which then shadows any installed one).
     """
     folder = Path(folder).expanduser().resolve()
     if not folder.is_dir():
