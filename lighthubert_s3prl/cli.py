@@ -27,17 +27,17 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
 }
 
 
-def _usage() -> str:
+def _usage(prog: str) -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: lighthubert-s3prl COMMAND [options]   (COMMAND --help for its options)", "", "commands:"]
+    lines = [f"usage: {prog} COMMAND [options]   (COMMAND --help for its options)", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, prog: str = "lighthubert-s3prl") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_usage())
+        print(_usage(prog))
         return 0
     if argv[0] in ("-V", "--version"):
         from . import __version__
@@ -46,7 +46,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"lighthubert-s3prl: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(f"{prog}: unknown command {name!r}\n\n{_usage(prog)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target, _ = COMMANDS[name]
@@ -58,7 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(func(rest) or 0)
     except (CheckpointError, ConfigError) as err:
-        print(f"lighthubert-s3prl {name}: error: {err}", file=sys.stderr)
+        print(f"{prog} {name}: error: {err}", file=sys.stderr)
         return 2
 
 

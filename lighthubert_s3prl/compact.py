@@ -14,13 +14,13 @@ Two forwards are offered:
   the CNN, whose first layer output is 512 x 3200 floats per second of audio, dominates both. Padded
   frames of its outputs are zero.
 
-Inference dtypes: float32 is the reference. bfloat16 runs everywhere (on CPUs with AVX512-BF16 or AMX it
-is also much faster). float16 is fine on CUDA; on CPU PyTorch runs it, but its fp16 convolutions fall back
-to slow kernels (tens of times slower than fp32), so a warning is issued once.
+Inference dtypes: float32 is the reference. bfloat16 runs everywhere, but is faster only where the hardware
+has it (AVX512-BF16 or AMX CPUs, CUDA GPUs from compute capability 8.0); elsewhere it is emulated, tens of
+times slower than float32. float16 is fine on CUDA; on CPU its convolutions fall back to slow kernels.
+Either slow case warns once per model (:mod:`lighthubert_s3prl.hardware`).
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -48,7 +48,6 @@ class CompactLightHuBERT(LightHuBERTBackbone):
             [EncoderLayer(E, HEAD_DIM * h, f, cfg.layer_norm_first) for h, f in zip(subnet.heads_num, subnet.ffn_embed)]
         )
         self._set_dropouts()
-        self._warned_dtype = False
 
     def _plan(self, subnet: Optional[SubnetConfig]) -> Tuple[int, List[Tuple[EncoderLayer, LayerDims]]]:
         if subnet is not None and subnet != self.subnet:
@@ -116,21 +115,6 @@ class CompactLightHuBERT(LightHuBERTBackbone):
     def device(self) -> torch.device:
         return self.post_extract_proj.weight.device
 
-    def _check_dtype(self) -> None:
-        if not self._warned_dtype and self.dtype == torch.float16 and self.device.type == "cpu":
-            self._warned_dtype = True
-            warnings.warn(
-                "float16 inference on CPU: PyTorch's fp16 CPU convolutions are very slow (often 10-60x slower "
-                "than float32). Use dtype 'bfloat16' on CPU, or float16 on CUDA.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-
-    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
-                subnet: Optional[SubnetConfig] = None, *args: Any, **kwargs: Any) -> ModelOutput:
-        self._check_dtype()
-        return super().forward(source, padding_mask, subnet, *args, **kwargs)
-
     def forward_utterances(self, wavs: Sequence[torch.Tensor]) -> ModelOutput:
         """Run each 1-D waveform alone and return batch-first, zero-padded hidden states.
 
@@ -144,7 +128,7 @@ class CompactLightHuBERT(LightHuBERTBackbone):
         for i, w in enumerate(wavs):
             if w.dim() != 1:
                 raise ValueError(f"waveform {i} has shape {tuple(w.shape)}; expected a 1-D tensor of samples")
-        self._check_dtype()
+        self._warn_if_slow_dtype()
         lengths = torch.tensor([w.numel() for w in wavs])
         frames = conv_output_lengths(lengths, self.cfg.conv_layers).tolist()
         T = max(frames)

@@ -4,7 +4,8 @@ A compact checkpoint holds only the chosen subnet's weights (a released small su
 official 381 MB file in float32, half that in bfloat16) plus its architecture, in a plain dict that
 ``torch.load(..., weights_only=True)`` reads. ``load_checkpoint`` and the ``lighthubert_local -k FILE``
 upstream accept it like an official file. :func:`write_hidden_set_folder` builds the folder the SUPERB
-hidden-set submission wants (``expert.py``, ``model.pt``, ``requirements.txt``, ``README.md``).
+hidden-set submission wants (``expert.py``, ``model.pt``, ``requirements.txt``, ``README.md``) as the
+content of a Hugging Face Hub model repository: its ``.gitattributes`` stores the weights with git-LFS.
 """
 from __future__ import annotations
 
@@ -167,9 +168,18 @@ torch>={torch_min}
 pyyaml
 """
 
+#: the oldest torch the bundled inference code runs on: compact.py loads with
+#: ``load_state_dict(..., assign=True)`` (torch 2.1); attention uses ``scaled_dot_product_attention`` and
+#: models are built under ``torch.device("meta")`` (both 2.0). Not the exporting machine's version.
+HIDDEN_SET_TORCH_MIN = "2.1"
+
+#: the Hub keeps files above 10 MB only through git-LFS: weights, whatever their extension
+_GITATTRIBUTES = "".join(f"{pattern} filter=lfs diff=lfs merge=lfs -text\n"
+                         for pattern in ("*.pt", "*.pth", "*.bin", "*.ckpt", "*.safetensors"))
+
 #: the modules ``expert.py`` imports, copied into a hidden-set folder so it runs without this package
 INFERENCE_MODULES = ("__init__.py", "config.py", "modules.py", "fast_cnn.py", "supernet.py", "compact.py",
-                     "checkpoint.py", "expert.py", "io_utils.py")
+                     "checkpoint.py", "expert.py", "io_utils.py", "hardware.py")
 
 
 def write_hidden_set_folder(
@@ -179,8 +189,8 @@ def write_hidden_set_folder(
     dtype: str = "float32",
     force: bool = False,
 ) -> Path:
-    """Write ``expert.py``, ``model.pt``, ``requirements.txt``, ``README.md`` and the bundled inference code
-    (``lighthubert_s3prl/``) for ``subnet`` of ``ckpt``.
+    """Write ``expert.py``, ``model.pt``, ``requirements.txt``, ``README.md``, ``.gitattributes`` (git-LFS
+    for the weights) and the bundled inference code (``lighthubert_s3prl/``) for ``subnet`` of ``ckpt``.
 
     ``UpstreamExpert(ckpt="model.pt")`` from that folder then passes the hidden-set ``cli.py validate``
     checks. Existing files are only replaced with ``force``.
@@ -190,7 +200,7 @@ def write_hidden_set_folder(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"hidden-set folder {out_dir} exists and is not a directory")
-    names = ("expert.py", "model.pt", "requirements.txt", "README.md", "lighthubert_s3prl")
+    names = ("expert.py", "model.pt", "requirements.txt", "README.md", ".gitattributes", "lighthubert_s3prl")
     present = [n for n in names if (out_dir / n).exists()]
     if present and not force:
         raise ExportError(f"hidden-set folder {out_dir} already holds {present}; pass --force to overwrite them")
@@ -206,8 +216,8 @@ def write_hidden_set_folder(
         atomic_write_text(out_dir / "lighthubert_s3prl" / name, (package_dir / name).read_text())
     atomic_write_text(out_dir / "expert.py", _EXPERT_PY.format(**fields))
     atomic_write_text(out_dir / "README.md", _README_MD.format(**fields))
-    torch_min = ".".join(torch.__version__.split("+")[0].split(".")[:2])
-    atomic_write_text(out_dir / "requirements.txt", _REQUIREMENTS_TXT.format(torch_min=torch_min))
+    atomic_write_text(out_dir / "requirements.txt", _REQUIREMENTS_TXT.format(torch_min=HIDDEN_SET_TORCH_MIN))
+    atomic_write_text(out_dir / ".gitattributes", _GITATTRIBUTES)
     return out_dir
 
 
@@ -230,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("-o", "--output", help="compact checkpoint to write")
     target.add_argument("--hidden-set", metavar="DIR",
-                        help="write a SUPERB hidden-set folder (expert.py, model.pt, requirements.txt, README.md and "
-                             "the inference code it needs, so evaluators install only torch)")
+                        help="write a SUPERB hidden-set folder (expert.py, model.pt, requirements.txt, README.md, "
+                             ".gitattributes and the inference code it needs, so evaluators install only torch)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="storage dtype of the weights (default float32; loading computes in float32 unless "
                              "the upstream's dtype option says otherwise)")

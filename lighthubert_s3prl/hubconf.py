@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Optional
 
 from .checkpoint import CheckpointError
 from .expert import UpstreamExpert
+from .io_utils import offline
 
 OFFICIAL_URL = "https://huggingface.co/mechanicalsea/lighthubert/resolve/main/{name}.pt"
 OFFICIAL_NAMES = ("lighthubert_small", "lighthubert_base", "lighthubert_stage1")
@@ -22,10 +23,6 @@ PRESET_OF = {"lighthubert_small": "small", "lighthubert_base": "base", "lighthub
 def cache_dir() -> Path:
     """Where official checkpoints are looked for: ``$LIGHTHUBERT_S3PRL_CACHE`` or ``~/.cache/lighthubert_s3prl``."""
     return Path(os.environ.get("LIGHTHUBERT_S3PRL_CACHE", Path.home() / ".cache" / "lighthubert_s3prl"))
-
-
-def _offline() -> bool:
-    return any(os.environ.get(v, "") not in ("", "0") for v in ("LIGHTHUBERT_S3PRL_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 def official_checkpoint(name: str, refresh: bool = False) -> Path:
@@ -43,7 +40,7 @@ def official_checkpoint(name: str, refresh: bool = False) -> Path:
         s3prl_download, s3prl_cached = None, None
     if s3prl_cached is not None and s3prl_cached.is_file() and not refresh:
         return s3prl_cached
-    if s3prl_download is not None and not _offline():
+    if s3prl_download is not None and not offline():
         try:
             return Path(s3prl_download._urls_to_filepaths(url, refresh=refresh))
         except Exception as err:  # noqa: BLE001 - any network failure ends up as the message below

@@ -1,4 +1,4 @@
-"""Atomic file writes: a result or checkpoint is either complete on disk or absent."""
+"""Atomic file writes (a result or checkpoint is either complete on disk or absent), and where caches live."""
 from __future__ import annotations
 
 import os
@@ -31,3 +31,17 @@ def atomic_write(path: Union[str, Path], write: Callable[[Any], None], mode: str
 
 def atomic_write_text(path: Union[str, Path], text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def cache_root() -> Path:
+    """``$LIGHTHUBERT_S3PRL_CACHE``, else ``$XDG_CACHE_HOME/lighthubert_s3prl``, else ~/.cache/..."""
+    env = os.environ.get("LIGHTHUBERT_S3PRL_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "lighthubert_s3prl"
+
+
+def offline() -> bool:
+    """True when ``LIGHTHUBERT_S3PRL_OFFLINE`` or ``HF_HUB_OFFLINE`` forbids downloads."""
+    return any(os.environ.get(v, "") not in ("", "0") for v in ("LIGHTHUBERT_S3PRL_OFFLINE", "HF_HUB_OFFLINE"))

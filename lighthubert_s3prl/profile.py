@@ -13,11 +13,13 @@ import argparse
 import statistics
 import sys
 import time
+import warnings
 from typing import Dict, List, Optional
 
 import torch
 
 from .config import HEAD_DIM, ConfigError, ModelConfig, SubnetConfig, count_parameters, preset_names, resolve_subnet
+from .hardware import describe_cpu, slow_dtype_reason
 
 SAMPLE_RATE = 16000
 
@@ -166,7 +168,14 @@ def main(argv: Optional[List[str]] = None) -> int:
              else _random_standard_model(subnet, seed=0))
     del loaded
     model = model.to(device=args.device, dtype=dtype).eval()
-    timing = measure_rtf(model, args.seconds, args.device, args.repeats)
+    if args.device == "cpu":
+        print(f"cpu:         {describe_cpu()}")
+    reason = slow_dtype_reason(dtype, args.device)
+    if reason:
+        print(f"note:        {reason}")
+    with warnings.catch_warnings():  # said once above; the model's own warning would repeat it
+        warnings.simplefilter("ignore", RuntimeWarning)
+        timing = measure_rtf(model, args.seconds, args.device, args.repeats)
     threads = f", {torch.get_num_threads()} threads" if args.device == "cpu" else ""
     print(f"real-time factor: {timing['rtf']:.4f} on {args.device} ({args.dtype}{threads}; median of "
           f"{timing['runs']} runs: {timing['seconds_per_run']:.3f} s per {args.seconds:g} s of audio; "

@@ -6,6 +6,7 @@ needs). For inference of one chosen subnet, :mod:`lighthubert_s3prl.compact` mat
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from .config import HEAD_DIM, ModelConfig, SubnetConfig, kept_layers
 from .fast_cnn import FoldedConvFeatureExtractor
+from .hardware import slow_dtype_reason
 from .modules import EncoderLayer, LayerDims, PositionalConv, conv_output_lengths
 
 PADDING_MODES = ("exact", "reference")
@@ -65,6 +67,18 @@ class LightHuBERTBackbone(nn.Module):
         self.downsample_rate = 1
         for _, _, stride in cfg.conv_layers:
             self.downsample_rate *= stride
+        self._warned_dtype = False
+
+    def _warn_if_slow_dtype(self) -> None:
+        """Once per model: inference in a dtype this device only emulates (bf16 without AVX512-BF16/AMX,
+        fp16 on CPU) is many times slower than float32, which nobody asking for it expects."""
+        if self._warned_dtype:
+            return
+        self._warned_dtype = True
+        weight = self.post_extract_proj.weight
+        reason = slow_dtype_reason(weight.dtype, weight.device)
+        if reason:
+            warnings.warn(reason, RuntimeWarning, stacklevel=4)
 
     # subclasses fill these in
     def _plan(self, subnet: Optional[SubnetConfig]) -> Tuple[int, List[Tuple[EncoderLayer, LayerDims]]]:
@@ -99,6 +113,7 @@ class LightHuBERTBackbone(nn.Module):
         """
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode={padding_mode!r}; allowed values: {PADDING_MODES}")
+        self._warn_if_slow_dtype()
         E, plan = self._plan(subnet)
         lengths = None
         if padding_mask is not None and padding_mode == "exact":

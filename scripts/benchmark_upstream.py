@@ -45,6 +45,8 @@ if str(ROOT) not in sys.path:  # runnable from a checkout without installing the
 
 import torch  # noqa: E402
 
+from lighthubert_s3prl import hardware  # noqa: E402
+
 PEERS = ("s3prl", "supernet", "compact")
 PEER_LABELS = {
     "s3prl": "s3prl built-in",
@@ -250,16 +252,6 @@ def _load_average() -> Optional[List[float]]:
         return [round(x, 2) for x in os.getloadavg()]
     except (OSError, AttributeError):
         return None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _warm_page_cache(path: Path) -> None:
@@ -515,7 +507,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     meta: Dict[str, Any] = {
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        "device": args.device, "threads": args.threads, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+        "device": args.device, "threads": args.threads, "cpu": hardware.cpu_model_name(), "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": hardware.cpu_has_native_bf16(),
+        "cpu_flags": sorted(f for f in hardware.cpu_flags() if f.startswith(("avx", "amx", "fma", "bf16"))),
         "torch": torch.__version__, "s3prl": getattr(s3prl, "__version__", "?"), "python": platform.python_version(),
         "batch_seconds": [round(len(w) / SAMPLE_RATE, 3) for w in wavs], "audio_seconds": audio_s,
         "padded_seconds": len(wavs) * max(len(w) for w in wavs) / SAMPLE_RATE,
@@ -524,6 +518,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     }
     if args.device == "cuda":
         meta["gpu"] = torch.cuda.get_device_name()
+    print(f"cpu: {hardware.describe_cpu()}", flush=True)
+    for dtype in extra:
+        reason = hardware.slow_dtype_reason(getattr(torch, dtype), args.device)
+        if reason:
+            print(f"note: compact {dtype} is emulated on this machine, so its row measures a slowdown: {reason}",
+                  flush=True)
     print(f"batch: {len(wavs)} utterances, {audio_s:.1f} s of audio ({meta['padded_seconds']:.1f} s padded), "
           f"{args.threads} threads on {args.device}; load average {meta['load_average_start']}", flush=True)
 

@@ -14,6 +14,11 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 from lighthubert_s3prl.checkpoint import tiny_model_config, write_random_checkpoint  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "numerics: float32/bf16 agreement tests; scripts/test.sh repeats them under a forced CPU capability")
+
+
 @pytest.fixture(scope="session")
 def ckpt_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("checkpoints")

@@ -360,6 +360,7 @@ def _fake_hidden(folder: Path, rate: int = 320, extra: str = "") -> Path:
     folder.mkdir(parents=True)
     (folder / "expert.py").write_text(extra + FAKE_EXPERT.format(dim=8, rate=rate))
     torch.save(torch.nn.Linear(320, 8).state_dict(), folder / "model.pt")
+    (folder / ".gitattributes").write_text("*.pt filter=lfs diff=lfs merge=lfs -text\n")
     return folder
 
 

@@ -138,3 +138,21 @@ def test_conv_layers_are_parsed_without_eval():
     for evil in ("__import__('os').system('true')", "[(512,10,5)] * 10**9", "[(1,2)]"):
         with pytest.raises(ConfigError, match="conv_feature_layers"):
             parse_conv_layers(evil)
+
+
+def test_python_dash_m_runs_the_cli(tmp_path):
+    """``python -m lighthubert_s3prl`` is the same CLI as the ``lighthubert-s3prl`` script."""
+    import subprocess
+    import sys
+
+    run = lambda *args: subprocess.run([sys.executable, "-m", "lighthubert_s3prl", *args],  # noqa: E731
+                                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    shown = run("--help")
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: python -m lighthubert_s3prl COMMAND")
+    assert "subnet" in shown.stdout and "quickstart" in shown.stdout
+    counted = run("subnet", "base", "-o", str(tmp_path / "base.yaml"))
+    assert counted.returncode == 0, counted.stderr
+    assert "parameters: 66,891,520" in counted.stdout  # the released base model (paper: 67M)
+    assert (tmp_path / "base.yaml").is_file()
+    wrong = run("no-such-command")
+    assert wrong.returncode == 2 and "unknown command 'no-such-command'" in wrong.stderr

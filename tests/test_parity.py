@@ -8,6 +8,9 @@ from lighthubert_s3prl.config import SEARCH_SPACES, get_preset
 from lighthubert_s3prl.expert import UpstreamExpert, prepare_batch
 
 from .conftest import make_wavs
+from .numerics import assert_hidden_states_close, longest_reduction
+
+pytestmark = pytest.mark.numerics
 
 
 def _seeds_with_depths(space, depths, start=0):
@@ -65,15 +68,14 @@ def test_hidden_states_match_reference(spec, reference, supernet, batch):
         sliced = supernet(padded, padding_mask, subnet=subnet, padding_mode="reference").hidden_states
         dense = compact(padded, padding_mask, padding_mode="reference").hidden_states
     assert len(expected) == len(sliced) == len(dense) == 1 + subnet.layer_num
-    for i, (e, s, d) in enumerate(zip(expected, sliced, dense)):
-        assert e.shape == s.shape == d.shape == (4, 49, subnet.embed_dim)
-        torch.testing.assert_close(s, e, atol=1e-4, rtol=0, msg=lambda m: f"{spec} supernet layer {i}: {m}")
-        torch.testing.assert_close(d, e, atol=1e-4, rtol=0, msg=lambda m: f"{spec} compact layer {i}: {m}")
+    assert all(h.shape == (4, 49, subnet.embed_dim) for h in expected + sliced + dense)
+    K = longest_reduction(supernet.cfg, subnet)
+    assert_hidden_states_close(sliced, expected, K, msg=f"{spec} supernet")
+    assert_hidden_states_close(dense, expected, K, msg=f"{spec} compact")
     # the unpadded utterance is the same whatever the padding mode
     with torch.no_grad():
         exact = compact(padded, padding_mask, padding_mode="exact").hidden_states
-    for e, x in zip(expected, exact):
-        torch.testing.assert_close(x[0], e[0], atol=1e-4, rtol=0)
+    assert_hidden_states_close([x[0] for x in exact], [e[0] for e in expected], K, msg=f"{spec} exact, utterance 0")
 
 
 def test_upstream_defaults_follow_the_checkpoint(small_ckpt, reference, batch):
@@ -85,8 +87,7 @@ def test_upstream_defaults_follow_the_checkpoint(small_ckpt, reference, batch):
         expected = reference(batch)["hidden_states"]
         got = ours(batch)["hidden_states"]
     assert len(got) == 13
-    for e, g in zip(expected, got):
-        torch.testing.assert_close(g, e, atol=1e-4, rtol=0)
+    assert_hidden_states_close(got, expected, longest_reduction(ours.model.cfg, ours.subnet))
 
 
 @pytest.mark.parametrize("extractor_mode,layer_norm_first", [("layer_norm", False), ("default", True), ("layer_norm", True)])
@@ -109,5 +110,4 @@ def test_other_layouts_match_reference(extractor_mode, layer_norm_first, tmp_pat
         expected = reference(wavs)["hidden_states"]
         got = supernet(padded, padding_mask, subnet=subnet, padding_mode="reference").hidden_states
     assert len(expected) == len(got) == 11
-    for e, g in zip(expected, got):
-        torch.testing.assert_close(g, e, atol=1e-4, rtol=0)
+    assert_hidden_states_close(got, expected, longest_reduction(cfg, subnet))

@@ -205,7 +205,9 @@ def test_dry_run_lists_commands(superb_corpus, superb_ckpt, tmp_path, capsys):
     subnet = tmp_path / "subnet.yaml"
     subnet.write_text("subnet: {embed_dim: 64, layer_num: 10, heads_num: 1, ffn_ratio: 2.0}\n")
     argv = ["-u", "lighthubert_subnet", "-k", str(superb_ckpt), "-g", str(subnet), "--tasks", "all",
-            "--data", str(superb_corpus), "--exp-root", str(root), "--dry-run", "--gpus", "2", "--lr", "sid=5e-3", "--s3prl-args", "-l -1"]
+            "--data", str(superb_corpus), "--exp-root", str(root), "--dry-run", "--gpus", "2", "--lr", "sid=5e-3", "--s3prl-args", "-l -1",
+            # 2 GPUs halve every task's accumulation; KS, IC and ASR accumulate once, so double it for all
+            "--set", "runner.gradient_accumulate_steps=2"]
     assert runner.main(argv) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if not line.startswith("#")]

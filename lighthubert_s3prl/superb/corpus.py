@@ -48,7 +48,7 @@ from ._espeak import ESPEAKNG_LOADER_VERSION, EspeakSynthesizer, SynthRequest
 LOG = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-GENERATOR_VERSION = 1  # bump whenever the same preset+seed would produce different files
+GENERATOR_VERSION = 2  # bump whenever the same preset+seed would produce different files
 MANIFEST_NAME = "corpus_manifest.json"
 # written into each data set before it is renamed into place: marks it complete and ours (only such
 # folders are ever deleted; the recipes' loaders look at sub-folders and splits, never at this file)
@@ -503,7 +503,8 @@ def _build_voxceleb1(b: _Build, p: Preset) -> Dict[str, dict]:
             lines.append(f"{label} {enrol} {pool[int(rng.integers(len(pool)))]}")
         return lines
 
-    b.write_text("veri_test2.txt", trials("test", p.asv_trials, "test"))
+    # named like the original VoxCeleb1-O list (veri_test.txt), the one SUPERB scores
+    b.write_text("veri_test.txt", trials("test", p.asv_trials, "test"))
     # the ASV recipe parses a dev trial list at start-up (SUPERB never scores it): give it a real one
     b.write_text("veri_dev.txt", trials("dev", max(10, p.asv_trials // 4), "dev"))
     b.write_text("dev_speaker_ids.txt", [spk for spk, part in speakers if part == "dev"])
@@ -511,7 +512,7 @@ def _build_voxceleb1(b: _Build, p: Preset) -> Dict[str, dict]:
     return {
         "sid": {"paths": {"file_path": ".", "meta_data": "iden_split.txt"}, "files": counts,
                 "speakers": len(speakers)},
-        "asv": {"paths": {"file_path": ".", "test_meta_data": "veri_test2.txt", "dev_meta_data": "veri_dev.txt",
+        "asv": {"paths": {"file_path": ".", "test_meta_data": "veri_test.txt", "dev_meta_data": "veri_dev.txt",
                           "train_meta_data": "dev_speaker_ids.txt"},
                 "files": {"dev_wav": sum(1 for m in meta.values() if m[0] == "dev"),
                           "test_wav": sum(1 for m in meta.values() if m[0] == "test"), "trials": p.asv_trials},

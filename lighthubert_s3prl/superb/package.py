@@ -7,16 +7,18 @@ incomplete one is refused with the reason: an ER fold missing (ER is scored only
 empty or malformed prediction file, fewer predictions than test items, ASV predictions that the
 checkpoint sweep did not choose, predictions that changed since the runner tested the checkpoint.
 
-``package hidden`` writes a hidden-set model folder (``expert.py`` + ``model.pt`` of one subnet) with
+``package hidden`` writes a hidden-set model folder (``expert.py`` + ``model.pt`` of one subnet, and the
+``.gitattributes`` that stores the weights with git-LFS on the Hugging Face Hub) with
 ``lighthubert_s3prl.export.write_hidden_set_folder`` and then runs the checks of the submission
 template's ``cli.py validate`` on it in a fresh interpreter, with this package unimportable, so the
-folder is shown to load on its own.
+folder is shown to load on its own. The check writes no bytecode: the folder is pushed as it is.
 
 ``package validate predict.zip`` and ``package validate-hidden DIR`` run the checks alone.
 """
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import logging
 import os
@@ -367,6 +369,24 @@ def declared_requirements(folder: Union[str, Path]) -> List[str]:
     return names
 
 
+def lfs_tracked(folder: Union[str, Path], name: str) -> bool:
+    """Whether ``folder/.gitattributes`` stores the top-level file ``name`` with git-LFS (the last match wins)."""
+    path = Path(folder) / ".gitattributes"
+    tracked = False
+    if not path.is_file():
+        return tracked
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        pattern, *attributes = line.split() or ["#"]
+        if pattern.startswith("#") or not fnmatch.fnmatchcase(name, pattern.lstrip("/")):
+            continue
+        for attribute in attributes:
+            if attribute == "filter=lfs":
+                tracked = True
+            elif attribute in ("-filter", "!filter") or attribute.startswith("filter="):
+                tracked = False
+    return tracked
+
+
 def validate_hidden_folder(folder: Union[str, Path], blocked: Sequence[str] = ("lighthubert_s3prl",),
                            timeout: float = 600.0) -> dict:
     """The template's ``cli.py validate`` checks on ``folder``, run in a fresh interpreter; returns a report.
@@ -381,9 +401,16 @@ def validate_hidden_folder(folder: Union[str, Path], blocked: Sequence[str] = ("
     for name in ("expert.py", "model.pt"):
         if not (folder / name).is_file():
             raise PackageError(f"hidden-set folder {folder} has no {name}")
+    if not lfs_tracked(folder, "model.pt"):
+        raise PackageError(
+            f"{folder / '.gitattributes'} does not store model.pt with git-LFS, and the Hugging Face Hub refuses "
+            "files over 10 MB without it: add the line `*.pt filter=lfs diff=lfs merge=lfs -text` (or run "
+            "`git lfs track model.pt` in the repository); `lighthubert-s3prl package hidden` writes it")
     declared = declared_requirements(folder)
     blocked = [m for m in blocked if m.lower().replace("_", "-") not in declared]
-    cmd = [sys.executable, "-I", "-c", _HIDDEN_CHECK, str(folder), json.dumps(list(blocked)), json.dumps(HIDDEN_TASKS)]
+    # -B: no __pycache__ may end up in the folder, which is pushed to the Hub as it is
+    cmd = [sys.executable, "-I", "-B", "-c", _HIDDEN_CHECK, str(folder), json.dumps(list(blocked)),
+           json.dumps(HIDDEN_TASKS)]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

@@ -44,6 +44,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 import torch
 
+from lighthubert_s3prl.io_utils import cache_root
+
 LOG = logging.getLogger(__name__)
 
 _STATE: Dict[str, object] = {"applied": False, "cache_dir": None, "sox": None, "patched": set()}
@@ -52,11 +54,7 @@ _MARK = "_lighthubert_s3prl_patch"  # set on every function we install, so nothi
 
 def default_cache_dir() -> Path:
     """``$LIGHTHUBERT_S3PRL_CACHE``, else ``$XDG_CACHE_HOME/lighthubert_s3prl``, else ~/.cache/..."""
-    env = os.environ.get("LIGHTHUBERT_S3PRL_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "lighthubert_s3prl"
+    return cache_root()
 
 
 def _marked(fn: Callable) -> Callable:

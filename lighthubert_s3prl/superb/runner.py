@@ -37,12 +37,17 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
 from lighthubert_s3prl.io_utils import atomic_write, atomic_write_text
+
+if TYPE_CHECKING:  # both import torch or the task registry, which the runner loads lazily
+    from lighthubert_s3prl.config import SubnetConfig
+    from lighthubert_s3prl.superb.tasks import BatchPlan
 
 LOG = logging.getLogger("lighthubert_s3prl.superb.runner")
 
@@ -213,6 +218,58 @@ def parse_sets(values: Sequence[str], tasks: Sequence[str]) -> Dict[str, Dict[st
     return out
 
 
+LIGHTHUBERT_ENTRIES = ("lighthubert", "lighthubert_small", "lighthubert_base", "lighthubert_stage1",
+                       "lighthubert_local", "lighthubert_subnet", "lighthubert_url")
+
+
+def _lighthubert_presets() -> Dict[str, str]:
+    from lighthubert_s3prl.hubconf import PRESET_OF  # imports torch: only when a rate is to be chosen
+
+    return {"lighthubert": "small", **PRESET_OF}  # -u lighthubert is s3prl's alias of lighthubert_small
+
+
+def _local_checkpoint(ckpt: str) -> Optional[Path]:
+    """``ckpt`` as a file: itself, or for a URL the copy s3prl's downloader keeps (None if not fetched yet)."""
+    if not re.match(r"^[a-z]+://", ckpt):
+        return Path(ckpt)
+    try:
+        from s3prl.util.download import _urls_to_filepaths
+
+        cached = Path(_urls_to_filepaths(ckpt, download=False))
+    except Exception:  # noqa: BLE001 - s3prl missing or changed: treat as not downloaded
+        return None
+    return cached if cached.is_file() else None
+
+
+def run_subnet(upstream: str, ckpt: Optional[str],
+               model_config: Optional[str]) -> Tuple[Optional["SubnetConfig"], str]:
+    """The subnet ``-u upstream -k ckpt -g model_config`` will run, and how that was found.
+
+    Mirrors the hub entries: ``-g``'s subnet wins; without one the official names run their released
+    subnet and the other entries the checkpoint's own. ``(None, reason)`` when it cannot be known yet.
+    """
+    if upstream not in LIGHTHUBERT_ENTRIES:
+        return None, f"-u {upstream} is not a LightHuBERT entry"
+    from lighthubert_s3prl.config import resolve_subnet
+    from lighthubert_s3prl.expert import UpstreamOptions
+
+    spec = UpstreamOptions.from_file(model_config).subnet if model_config else None
+    if spec is not None:
+        return resolve_subnet(spec), f"the subnet of -g {model_config}"
+    presets = _lighthubert_presets()
+    # an official entry without -k loads the released file, whose own subnet is the released one
+    if upstream in presets and (model_config is None or ckpt is None):
+        return resolve_subnet(presets[upstream]), f"-u {upstream} runs the released {presets[upstream]} subnet"
+    if not ckpt:
+        return None, f"-u {upstream} without -k names no checkpoint"
+    local = _local_checkpoint(ckpt)
+    if local is None:
+        return None, f"{ckpt} is not downloaded yet, so its subnet is unknown"
+    from lighthubert_s3prl.checkpoint import load_checkpoint
+
+    return load_checkpoint(local).subnet(None), f"checkpoint {local.name}'s own subnet"
+
+
 def load_data_config(path: Union[str, Path]) -> Dict[str, Dict[str, Any]]:
     """Read a data YAML: ``{default: ROOT, ks: ROOT, sid: {root: ROOT, meta_data: PATH}, ...}``."""
     path = Path(path).expanduser()
@@ -355,6 +412,7 @@ class RunOptions:
     sets: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     er_folds: List[str] = field(default_factory=list)
     gpus: int = 0
+    allow_cleaned_asv_trials: bool = False
     device: str = "cpu"
     seed: Optional[int] = None
     threads: Optional[int] = None
@@ -475,10 +533,35 @@ class SuperbRunner:
         history.append({"time": now_iso(), "argv": sys.argv, "tasks": self.opts.tasks})
         data = {**self._identity(), "created": old.get("created", now_iso()), "updated": now_iso(),
                 "data": {t: self.opts.data[t] for t in self.opts.tasks}, "lr": self.opts.lr,
+                "asv_cleaned_trials": self.opts.allow_cleaned_asv_trials,
                 "sets": {t: v for t, v in self.opts.sets.items() if v}, "device": self.opts.device,
                 "gpus": self.opts.gpus, "history": history,
                 "tasks": sorted(set(old.get("tasks", [])) | set(self.opts.tasks), key=TASK_ORDER.index)}
         write_json(self.root / MANIFEST_NAME, data)
+
+    def batch_plan(self, task: str) -> "BatchPlan":
+        """``task``'s training batch on ``--gpus`` processes."""
+        return batch_plan_for(task, self.opts.scale, self.opts.sets.get(task, {}), self.opts.gpus)
+
+    @cached_property
+    def sid_rate(self) -> Tuple[Optional[float], str]:
+        """The SID learning rate to set (None: keep the config's) and why."""
+        sets = self.opts.sets.get("sid", {})
+        given = next((sets[k] for k in ("optimizer.lr", "lr") if k in sets), None)
+        if given is not None or "sid" in self.opts.lr:
+            return None, f"lr {given if given is not None else self.opts.lr['sid']}, given on the command line"
+        config_lr = _tasks_module().load_task_config("sid", self.opts.scale)["optimizer"]["lr"]
+        if self.opts.scale != "full":
+            return None, f"lr {config_lr:g}, the {self.opts.scale} config's"
+        try:
+            subnet, how = run_subnet(self.opts.upstream, self.opts.ckpt, self.opts.subnet)
+        except ValueError as err:  # a -g or checkpoint the model would refuse as well
+            raise RunnerError(f"sid: cannot tell which subnet runs: {err}") from None
+        lr, why = (None, how) if subnet is None else _tasks_module().sid_learning_rate(subnet)
+        if lr is None:
+            return None, (f"lr {config_lr:g}, the config's (the authors' rate for small): {why}; "
+                          "the authors tuned SID per model, so consider --lr sid=LR")
+        return lr, f"lr {lr:g}, {why} ({how}: {subnet.describe()})"
 
     def _overrides(self, task: str) -> Dict[str, Any]:
         tasks = _tasks_module()
@@ -490,14 +573,25 @@ class SuperbRunner:
             out["runner.eval_dataloaders"] = [spec.dev_split]
         if task in self.opts.lr:
             out["lr"] = self.opts.lr[task]
-        elif task == "sid" and self.opts.scale == "full":
-            from lighthubert_s3prl.hubconf import PRESET_OF
-
-            preset = PRESET_OF.get(self.opts.upstream)
-            if preset and preset in tasks.SID_LR_BY_MODEL:
-                out["lr"] = tasks.SID_LR_BY_MODEL[preset]  # the authors' per-model SID learning rate
+        elif task == "sid" and self.sid_rate[0] is not None:
+            out["lr"] = self.sid_rate[0]
         out.update(self.opts.sets.get(task, {}))
+        if self.opts.gpus > 1:  # after --set: its accumulation, too, is the one-process figure
+            check_accumulation([task], self.opts.scale, self.opts.sets, self.opts.gpus)
+            out["runner.gradient_accumulate_steps"] = self.batch_plan(task).accumulate_per_process
         return out
+
+    def describe_task(self, task: str) -> List[str]:
+        """What a run of ``task`` will use that is not in its config file as shipped: batch, SID rate."""
+        plan = self.batch_plan(task)
+        lines = [f"{task}: effective batch {plan.describe()}"]
+        if plan.processes > 1:
+            lines.append(f"{task}: --gpus {plan.processes}: gradient_accumulate_steps {plan.accumulate} -> "
+                         f"{plan.accumulate_per_process} per process, because s3prl accumulates in every process; "
+                         f"the effective batch stays {plan.effective}")
+        if task == "sid":
+            lines.append(f"sid: {self.sid_rate[1]}")
+        return lines
 
     def build_configs(self, tasks_needed: Sequence[str]) -> None:
         """Write configs/<task>.yaml for every task with work left, before any training starts."""
@@ -506,10 +600,12 @@ class SuperbRunner:
             path = self.configs / f"{task}.yaml"
             try:
                 tasks.build_config(task, self.opts.data[task]["root"], path, scale=self.opts.scale,
-                                   **self._overrides(task))
+                                   allow_cleaned_trials=self.opts.allow_cleaned_asv_trials, **self._overrides(task))
             except (tasks.TaskConfigError, ValueError) as err:
                 raise RunnerError(str(err)) from None
             LOG.info("%s: config %s", task, path)
+            for line in self.describe_task(task):
+                LOG.info("%s", line)
 
     # -- one unit ------------------------------------------------------------------------------------
 
@@ -667,12 +763,16 @@ class SuperbRunner:
     def plan(self) -> List[Outcome]:
         """Print the commands a real run would execute now; touch nothing."""
         outcomes = []
+        described = set()
         for unit in self.units:
             done = unit_is_done(unit)
             if done is not None:
                 print(f"# {unit.label}: finished earlier ({done.get('metric')} {done.get('value')}), skipped")
                 outcomes.append(self._outcome_from_result(unit, done, "skipped", 0.0, "finished earlier"))
                 continue
+            if unit.task not in described:
+                described.add(unit.task)
+                print("\n".join(f"# {line}" for line in self.describe_task(unit.task)))
             print(f"# {unit.label}: expdir {unit.expdir}")
             if (unit.expdir / TRAIN_DONE_FILE).is_file():
                 print("#   training finished earlier")
@@ -793,9 +893,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="[TASK:]KEY=VALUE",
                         help="config override, e.g. runner.total_steps=1000 or asv:runner.save_step=500 (repeatable)")
     parser.add_argument("--er-folds", metavar="LIST", help="ER folds to run, e.g. 1,2 (default all five)")
+    parser.add_argument("--asv-cleaned-trials", action="store_true",
+                        help="let ASV score the cleaned VoxCeleb1-O list (veri_test2.txt, 37,611 trials); by default "
+                             "it is refused, as SUPERB scores the original list (37,720 trials)")
     parser.add_argument("--exp-root", help="experiment root (default exp/superb/<upstream>[-<ckpt>][-<subnet>])")
     parser.add_argument("--gpus", type=int, default=None,
-                        help="GPUs for training; >1 trains with torchrun (DDP). Default: 1 if CUDA is available, else 0")
+                        help="GPUs for training; >1 trains with torchrun (DDP) and divides each task's "
+                             "gradient_accumulate_steps by N, so the effective batch stays SUPERB's (N must divide "
+                             "it). Default: 1 if CUDA is available, else 0")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when --gpus > 0, else cpu")
     parser.add_argument("--seed", type=int, help="s3prl --seed (s3prl's default 1337)")
     parser.add_argument("--threads", type=int, help="OMP/MKL threads per s3prl process")
@@ -843,12 +948,42 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     if gpus > 1 and device != "cuda":
         raise RunnerError("--gpus > 1 trains with DDP on CUDA; drop --device cpu")
     exp_root = Path(args.exp_root).expanduser() if args.exp_root else default_exp_root(args.upstream, args.ckpt, args.subnet)
+    sets = parse_sets(args.sets, tasks)
+    check_accumulation(tasks, args.scale, sets, gpus)
     return RunOptions(
         upstream=args.upstream, tasks=tasks, exp_root=exp_root.resolve(), ckpt=args.ckpt, subnet=args.subnet,
         data=resolve_data(tasks, args.data, args.task_data, args.data_config), scale=args.scale,
-        lr=parse_lr(args.lr, tasks), sets=parse_sets(args.sets, tasks), er_folds=er_folds, gpus=gpus, device=device,
-        seed=args.seed, threads=args.threads, dry_run=args.dry_run, stream=args.stream, fail_fast=args.fail_fast,
+        lr=parse_lr(args.lr, tasks), sets=sets, er_folds=er_folds, gpus=gpus, device=device,
+        allow_cleaned_asv_trials=args.asv_cleaned_trials, seed=args.seed, threads=args.threads,
+        dry_run=args.dry_run, stream=args.stream, fail_fast=args.fail_fast,
         test_during_training=args.test_during_training, extra_args=_s3prl_args(args.s3prl_args))
+
+
+def batch_plan_for(task: str, scale: str, sets: Dict[str, Any], gpus: int) -> "BatchPlan":
+    tasks = _tasks_module()
+    try:
+        return tasks.batch_plan(task, scale, sets, processes=gpus)
+    except (tasks.TaskConfigError, KeyError, TypeError, ValueError) as err:
+        raise RunnerError(f"{task}: cannot read the training batch from its config ({err}); check --set") from None
+
+
+def check_accumulation(tasks: Sequence[str], scale: str, sets: Dict[str, Dict[str, Any]], gpus: int) -> None:
+    """Refuse ``--gpus N`` for tasks whose gradient accumulation N does not divide (the batch would change)."""
+    if gpus <= 1:
+        return
+    problems = []
+    for task in tasks:
+        plan = batch_plan_for(task, scale, sets.get(task, {}), gpus)
+        if not plan.divides:
+            fits = [str(n) for n in range(1, plan.accumulate + 1) if plan.accumulate % n == 0]
+            problems.append(
+                f"{task}: gradient_accumulate_steps {plan.accumulate} (effective batch {plan.effective}) is not "
+                f"divisible by --gpus {gpus}; run {task} separately with --gpus {' or '.join(fits)}, or take a "
+                f"{gpus}x larger effective batch on purpose with "
+                f"--set {task}:runner.gradient_accumulate_steps={plan.accumulate * gpus}")
+    if problems:
+        raise RunnerError("s3prl accumulates gradients in every DDP process, so --gpus N divides each task's "
+                          "accumulation by N to keep SUPERB's effective batch:\n  " + "\n  ".join(problems))
 
 
 def _s3prl_args(text: str) -> List[str]:

@@ -9,7 +9,11 @@ checkpoint's name, the prediction file and where it goes in a leaderboard ``pred
 the dataset roots (from a corpus made by :func:`lighthubert_s3prl.superb.corpus.make_corpus`, or the
 real data sets in their usual layouts) and our dict/vocab/lexicon/metadata files. Metadata that the
 s3prl PyPI package lacks and the real corpora do not ship is generated next to the config: IEMOCAP fold
-lists, LibriSpeech length tables for bucketing, a CMUdict lexicon for PR, the ASV speaker list.
+lists, LibriSpeech length tables for bucketing, the ASV speaker list. PR on real LibriSpeech uses
+SUPERB's two g2p lexicons (:mod:`lighthubert_s3prl.superb.lexicon` fetches them once into the cache, or
+``lexicon=[...]`` names local copies); a CMUdict lexicon serves the synthetic corpus only. ASV scores
+the original VoxCeleb1-O trial list (37,720 trials), as SUPERB does; the cleaned list is refused unless
+``allow_cleaned_trials=True`` says it is meant.
 """
 from __future__ import annotations
 
@@ -20,9 +24,12 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
+
+if TYPE_CHECKING:
+    from lighthubert_s3prl.config import SubnetConfig
 
 LOG = logging.getLogger(__name__)
 
@@ -31,6 +38,11 @@ SCALES = ("full", "ci")
 ER_FOLDS = tuple(f"fold{i}" for i in range(1, 6))
 IEMOCAP_LABELS = {"neu": 0, "hap": 1, "ang": 2, "sad": 3}
 LIBRISPEECH_SPLITS = ("train-clean-100", "dev-clean", "test-clean")
+# VoxCeleb1-O: the original list (s3prl's voxceleb1_test_v2.txt, the VoxCeleb site's veri_test.txt) and
+# the cleaned one (veri_test2.txt), told apart by their trial counts
+ORIGINAL_TRIALS = 37720
+CLEANED_TRIALS = 37611
+_DATARC = "downstream_expert.datarc"
 
 
 class TaskConfigError(ValueError):
@@ -70,7 +82,9 @@ class TaskSpec:
     submission_file: str = ""  # path inside predict/ of a leaderboard predict.zip
     folds: Tuple[str, ...] = ()
     lr: float = 1e-4  # LightHuBERT authors' learning rate (SUPERB tunes only this)
-    effective_batch: int = 32
+    effective_batch: int = 32  # utterances per optimiser step on one process, as s3prl really batches them
+    batch_key: str = f"{_DATARC}.train_batch_size"  # dotted config key of the training batch size
+    bucket_halves: bool = False  # s3prl splits every training bucket of this task in two
     notes: str = ""
 
     @property
@@ -100,17 +114,19 @@ class TaskSpec:
         return Path(expdir) / self.prediction_file.format(fold=fold)
 
 
-_DATARC = "downstream_expert.datarc"
-
 TASKS: Dict[str, TaskSpec] = {
     "asr": TaskSpec(
         name="asr", title="ASR (LibriSpeech 100h, char CTC, WER %)", downstream="asr", data_section=_DATARC,
         data_keys=("libri_root", "bucket_file"), assets={f"{_DATARC}.dict_path": "char.dict"},
         metric="wer", higher_is_better=False, result_template="{split} wer:",
         evaluate_splits=("test-clean",), dev_split="dev-clean", best_ckpt="dev-clean-best.ckpt",
-        prediction_file="test-clean-noLM-hyp.ark", submission_file="asr_public/predict.ark"),
+        prediction_file="test-clean-noLM-hyp.ark", submission_file="asr_public/predict.ark",
+        # the recipe buckets by datarc.batch_size and halves every bucket whose longest utterance has more
+        # than 2000 samples (its HALF_BATCHSIZE_TIME is compared with sample counts): all of LibriSpeech
+        effective_batch=16, batch_key=f"{_DATARC}.batch_size", bucket_halves=True),
     "asv": TaskSpec(
-        name="asv", title="ASV (VoxCeleb1 trials, EER fraction)", downstream="sv_voxceleb1", data_section=_DATARC,
+        name="asv", title="ASV (VoxCeleb1-O original trials, EER fraction)", downstream="sv_voxceleb1",
+        data_section=_DATARC,
         data_keys=("file_path", "train_meta_data", "dev_meta_data", "test_meta_data"), assets={},
         metric="EER", higher_is_better=False, result_template="sv-voxceleb1/{split}-EER:", dev_split=None,
         best_ckpt=None, submission_file="sv_public/predict.txt", lr=5e-5, effective_batch=50,
@@ -119,7 +135,7 @@ TASKS: Dict[str, TaskSpec] = {
         name="ks", title="KS (Speech Commands v0.01, 12 classes, accuracy)", downstream="speech_commands",
         data_section=_DATARC, data_keys=("speech_commands_root", "speech_commands_test_root"), assets={},
         metric="acc", higher_is_better=True, result_template="{split} acc:",
-        submission_file="ks_public/predict.txt"),
+        submission_file="ks_public/predict.txt", batch_key=f"{_DATARC}.batch_size"),
     "ic": TaskSpec(
         name="ic", title="IC (Fluent Speech Commands, accuracy)", downstream="fluent_commands",
         data_section=_DATARC, data_keys=("file_path",), assets={}, metric="acc", higher_is_better=True,
@@ -135,7 +151,7 @@ TASKS: Dict[str, TaskSpec] = {
         data_section="downstream_expert.corpus", data_keys=("path", "lexicon"),
         assets={"downstream_expert.text.vocab_file": "phoneme.txt"}, metric="per", higher_is_better=False,
         result_template="{split} per:", prediction_file="test-hyp.ark", submission_file="pr_public/predict.ark",
-        lr=5e-4),
+        lr=5e-4, batch_key="downstream_expert.corpus.batch_size"),
     "sid": TaskSpec(
         name="sid", title="SID (VoxCeleb1 1,251 speakers, accuracy)", downstream="voxceleb1",
         data_section=_DATARC, data_keys=("file_path", "meta_data"), assets={}, metric="acc",
@@ -143,7 +159,7 @@ TASKS: Dict[str, TaskSpec] = {
         notes="LightHuBERT authors: lr 5e-3 (small), 5e-2 (base), 1e-2 (stage1)"),
 }
 
-# the learning rates the LightHuBERT authors used for SID, per released checkpoint
+# the learning rates the LightHuBERT authors used for SID, per released model (preset name)
 SID_LR_BY_MODEL = {"small": 5e-3, "base": 5e-2, "stage1": 1e-2}
 
 
@@ -152,6 +168,70 @@ def get_task(task: str) -> TaskSpec:
         return TASKS[task]
     except (KeyError, TypeError):
         raise TaskConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}") from None
+
+
+def sid_learning_rate(subnet: "SubnetConfig") -> Tuple[Optional[float], str]:
+    """The LightHuBERT authors' SID learning rate for the model ``subnet`` is, and why.
+
+    A released subnet gets its own rate; another subnet gets the rate of the released model of the same
+    width (embed_dim), the authors' rates differing between widths. ``(None, reason)`` when no released
+    model has that width.
+    """
+    from lighthubert_s3prl.config import get_preset
+
+    presets = {name: get_preset(name) for name in SID_LR_BY_MODEL}
+    for name, preset in presets.items():
+        if subnet == preset:
+            return SID_LR_BY_MODEL[name], f"the LightHuBERT authors' SID rate for the released {name} subnet"
+    for name, preset in presets.items():
+        if subnet.embed_dim == preset.embed_dim:
+            return SID_LR_BY_MODEL[name], (f"the LightHuBERT authors' SID rate for {name}: the subnet run has "
+                                           f"{name}'s width, embed_dim {subnet.embed_dim}")
+    widths = ", ".join(f"{n} {p.embed_dim}" for n, p in presets.items())
+    return None, f"no released LightHuBERT model has embed_dim {subnet.embed_dim} (released widths: {widths})"
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Utterances per optimiser step: per-step batch x gradient accumulation x processes."""
+
+    per_step: int
+    accumulate: int  # gradient_accumulate_steps of the one-process protocol
+    processes: int = 1
+
+    @property
+    def effective(self) -> int:
+        return self.per_step * self.accumulate
+
+    @property
+    def divides(self) -> bool:
+        return self.accumulate % self.processes == 0
+
+    @property
+    def accumulate_per_process(self) -> int:
+        """s3prl accumulates in every DDP process: each one takes its share of the steps."""
+        return self.accumulate // self.processes
+
+    def describe(self) -> str:
+        n = self.processes
+        if n <= 1:
+            return f"{self.per_step} per step x {self.accumulate} accumulation = {self.effective}"
+        return (f"{self.per_step} per step x {self.accumulate_per_process} accumulation x {n} processes = "
+                f"{self.per_step * self.accumulate_per_process * n}")
+
+
+def batch_plan(task: str, scale: str = "full", overrides: Optional[Mapping[str, Any]] = None,
+               processes: int = 1) -> BatchPlan:
+    """The training batch of ``task``'s config (after dotted ``overrides``), run on ``processes`` GPUs."""
+    spec = get_task(task)
+    config = load_task_config(task, scale)
+    for key, value in (overrides or {}).items():
+        if "." in key:
+            _set_dotted(config, key, value)
+    per_step = int(_get_dotted(config, spec.batch_key))
+    if spec.bucket_halves and per_step >= 2:
+        per_step //= 2
+    return BatchPlan(per_step, int(config["runner"]["gradient_accumulate_steps"]), max(1, processes))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -232,28 +312,22 @@ def _cmudict_pronunciations(words: Iterable[str]) -> Dict[str, List[str]]:
 
 
 def write_lexicon(words: Iterable[str], out_path: Union[str, Path]) -> Path:
-    """``WORD<TAB>PH PH ...`` for each word, from CMUdict; raises naming the words it lacks."""
+    """``WORD<TAB>PH PH ...`` for each word, from CMUdict; raises naming the words it lacks.
+
+    For the synthetic corpus only, whose words are chosen from CMUdict: real LibriSpeech needs SUPERB's
+    g2p lexicons (see :mod:`lighthubert_s3prl.superb.lexicon`).
+    """
     words = sorted({w.upper() for w in words})
     lexicon = _cmudict_pronunciations(words)
     missing = [w for w in words if w not in lexicon]
     if missing:
         raise TaskConfigError(
-            f"{len(missing)} word(s) are not in CMUdict, e.g. {', '.join(missing[:8])}; pass lexicon=[...] with "
-            "s3prl's g2p lexicons (librispeech-lexicon-200k-g2p.txt and librispeech-lexicon-allothers-g2p.txt from "
-            "https://github.com/s3prl/s3prl/tree/main/s3prl/downstream/ctc/lexicon)")
+            f"{len(missing)} word(s) are not in CMUdict, e.g. {', '.join(missing[:8])}; a CMUdict lexicon only "
+            "covers the synthetic corpus's words: for LibriSpeech use SUPERB's g2p lexicons (lexicon=[...])")
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{w}\t{' '.join(lexicon[w])}\n" for w in words), encoding="utf-8")
     return path
-
-
-def _librispeech_words(libri_root: Path, splits: Iterable[str]) -> List[str]:
-    words = set()
-    for split in splits:
-        for trans in (libri_root / split).rglob("*.trans.txt"):
-            for line in trans.read_text(encoding="utf-8").splitlines():
-                words.update(line.split()[1:])
-    return sorted(words)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -262,6 +336,42 @@ def _librispeech_words(libri_root: Path, splits: Iterable[str]) -> List[str]:
 
 def _first_dir(candidates: Sequence[Path], test: Callable[[Path], bool]) -> Optional[Path]:
     return next((c.resolve() for c in candidates if c.is_dir() and test(c)), None)
+
+
+def _corpus_lexicon(libri: Path) -> Optional[List[str]]:
+    """The synthetic corpus's lexicon when ``libri`` is its LibriSpeech folder (its manifest is one up)."""
+    from .corpus import load_manifest
+
+    manifest = load_manifest(libri.parent)
+    entry = (manifest or {}).get("tasks", {}).get("pr")
+    if entry and Path(entry["paths"]["path"]).resolve() == libri.resolve():
+        return [entry["paths"]["lexicon"]]
+    return None
+
+
+def _superb_lexicons() -> List[str]:
+    from .lexicon import superb_lexicons
+
+    return superb_lexicons()
+
+
+def count_trials(path: Union[str, Path]) -> int:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def check_trial_list(path: Union[str, Path], allow_cleaned: bool = False) -> int:
+    """Refuse the cleaned VoxCeleb1-O list unless asked for; return the number of trials."""
+    trials = count_trials(path)
+    if trials == CLEANED_TRIALS and not allow_cleaned:
+        raise TaskConfigError(
+            f"asv: {path} holds {trials:,} trials, the cleaned VoxCeleb1-O list (veri_test2.txt). SUPERB and s3prl "
+            f"score the original list of {ORIGINAL_TRIALS:,} trials (s3prl's voxceleb1_test_v2.txt, the VoxCeleb "
+            "site's veri_test.txt) and the leaderboard scores only the pairs in predict.txt, so an EER on the "
+            "cleaned list is not comparable. Put veri_test.txt in the VoxCeleb1 folder or pass "
+            "test_meta_data=PATH to it; to use the cleaned list on purpose pass allow_cleaned_trials=True "
+            "(run_superb.sh --asv-cleaned-trials)")
+    return trials
 
 
 def _missing(task: str, data_root: Path, expected: str) -> TaskConfigError:
@@ -325,7 +435,8 @@ def _resolve_real(spec: TaskSpec, root: Path, given: Dict[str, Any], assets: Pat
         if name == "sid":
             list_file("meta_data", ["iden_split.txt", "veri_test_class.txt"], "identification split list")
         else:
-            list_file("test_meta_data", ["veri_test2.txt", "voxceleb1_test_v2.txt"], "cleaned verification trial list")
+            list_file("test_meta_data", ["voxceleb1_test_v2.txt", "veri_test.txt"],
+                      f"original VoxCeleb1-O trial list ({ORIGINAL_TRIALS:,} trials)")
             # parsed at start-up but never scored (SUPERB's ASV has no dev set): any trial list will do
             out.setdefault("dev_meta_data", str(vox / "veri_dev.txt") if (vox / "veri_dev.txt").is_file()
                            else out["test_meta_data"])
@@ -355,12 +466,7 @@ def _resolve_real(spec: TaskSpec, root: Path, given: Dict[str, Any], assets: Pat
                 have = write_len_for_bucket(libri, assets / "len_for_bucket", splits)
             out["bucket_file"] = str(have)
         if name == "pr" and "lexicon" not in out:
-            corpus = config["downstream_expert"]["corpus"]
-            splits = sorted({s for k in ("train", "dev", "test") for s in corpus.get(k, [])})
-            if (libri / "lexicon.txt").is_file():
-                out["lexicon"] = [str(libri / "lexicon.txt")]
-            else:
-                out["lexicon"] = [str(write_lexicon(_librispeech_words(libri, splits), assets / "lexicon.txt"))]
+            out["lexicon"] = _corpus_lexicon(libri) or _superb_lexicons()
     return out
 
 
@@ -429,14 +535,15 @@ def _absolute_data_value(key: str, value: Any) -> Any:
 
 
 def build_config(task: str, data_root: Union[str, Path], out_path: Union[str, Path], scale: str = "full",
-                 **overrides: Any) -> Path:
+                 allow_cleaned_trials: bool = False, **overrides: Any) -> Path:
     """Write a ready-to-run s3prl config.yaml for ``task`` to ``out_path`` and return its path.
 
     ``data_root`` is a corpus made by ``make_corpus`` or the real data set (or a folder holding it under
     its usual name). ``overrides``: any data key of the task (e.g. ``meta_data=PATH`` for SID's
-    iden_split.txt, ``lexicon=[...]`` for PR), ``lr``, ``total_steps``, ``test_fold`` (ER), or a dotted
-    config path passed as ``**{"runner.eval_step": 500}``. Generated metadata goes to
-    ``<out_path's folder>/assets/<task>/``.
+    iden_split.txt, ``lexicon=[...]`` for PR, ``test_meta_data=PATH`` for ASV), ``lr``, ``total_steps``,
+    ``test_fold`` (ER), or a dotted config path passed as ``**{"runner.eval_step": 500}``. Generated
+    metadata goes to ``<out_path's folder>/assets/<task>/``. ASV refuses the cleaned VoxCeleb1-O trial
+    list unless ``allow_cleaned_trials``.
     """
     spec = get_task(task)
     config = load_task_config(task, scale)
@@ -476,6 +583,8 @@ def build_config(task: str, data_root: Union[str, Path], out_path: Union[str, Pa
     assets = out_path.parent / "assets" / task
     data = (_resolve_corpus(spec, manifest, given) if manifest is not None
             else _resolve_real(spec, root, given, assets, config))
+    if task == "asv":
+        check_trial_list(data["test_meta_data"], allow_cleaned_trials)
     for key in spec.data_keys:
         _set_dotted(config, f"{spec.data_section}.{key}", data[key])
     for key, filename in spec.assets.items():
