@@ -460,8 +460,9 @@ def get_preset(name: str) -> SubnetConfig:
     raise ConfigError(f"unknown subnet preset {name!r}; allowed values: {preset_names()}")
 
 
-def load_subnet_file(path: Union[str, Path]) -> SubnetConfig:
-    """Read a subnet from YAML or JSON. The file may hold the dict itself or ``{subnet: {...}}``."""
+def load_subnet_file(path: Union[str, Path], _seen: Tuple[Path, ...] = ()) -> SubnetConfig:
+    """Read a subnet from YAML or JSON. The file may hold the dict itself, ``{subnet: {...}}``, or, as the
+    upstream's ``-g`` options do, ``{subnet: SPEC}`` with a preset, ``random:``/``budget:`` or a file beside it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"subnet config file {str(path)!r} does not exist")
@@ -477,6 +478,19 @@ def load_subnet_file(path: Union[str, Path]) -> SubnetConfig:
         raise ConfigError(f"subnet config file {str(path)!r} cannot be parsed: {err}") from None
     if isinstance(data, Mapping) and "subnet" in data and isinstance(data["subnet"], Mapping):
         data = data["subnet"]
+    elif isinstance(data, Mapping) and isinstance(data.get("subnet"), str):
+        # the -g options form, `subnet: small` (or random:/budget: or a file beside this one), read alike here
+        spec = data["subnet"]
+        beside = path.parent / spec
+        if beside.suffix.lower() in (".yaml", ".yml", ".json") and beside.is_file():
+            seen = _seen + (path.resolve(),)
+            if beside.resolve() in seen:
+                raise ConfigError(f"subnet config file {str(path)!r} refers back to {str(beside)!r}: a loop")
+            return load_subnet_file(beside, seen)
+        try:
+            return resolve_subnet(spec)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
     if isinstance(data, Mapping) and set(data) == {"preset"}:
         return get_preset(str(data["preset"]))
     try:

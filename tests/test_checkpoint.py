@@ -1,11 +1,17 @@
 """Checkpoint loading: kinds, layouts, and every error path with its message."""
+import io
 import os
+import re
+import struct
+import zipfile
 from pathlib import Path
+from typing import Callable, Dict, Iterator, Tuple
 
 import pytest
 import torch
 
 from lighthubert_s3prl.checkpoint import (
+    IGNORED_KEYS,
     CheckpointError,
     build_supernet,
     load_checkpoint,
@@ -14,8 +20,12 @@ from lighthubert_s3prl.checkpoint import (
     tiny_model_config,
     write_random_checkpoint,
 )
-from lighthubert_s3prl.config import get_preset
+from lighthubert_s3prl.config import SubnetConfig, get_preset
+from lighthubert_s3prl.expert import prepare_batch
 from lighthubert_s3prl.supernet import LightHuBERTSupernet
+
+from .conftest import make_wavs
+from .numerics import assert_hidden_states_close, longest_reduction
 
 
 def test_released_layout_keys(small_ckpt):
@@ -56,18 +66,30 @@ def test_layer_norm_layout_is_recognised(tiny_ln_ckpt):
     tmp.unlink()
 
 
-def test_our_checkpoint_loads_in_s3prls_reference(tiny_ckpt):
-    """Files we write are in the released format: s3prl's own expert loads them (strictly, key for key)."""
+def test_our_checkpoint_loads_in_s3prls_reference(tmp_path):
+    """Files we write are in the released format: s3prl's own model takes them strictly (key for key, shape
+    for shape) and computes what the model that wrote them computes. The comparison is with the in-memory
+    model, not with our loader: a key mix-up made on saving and undone by our own loading would cancel out."""
     from s3prl.upstream.lighthubert.lighthubert.lighthubert import LightHuBERT, LightHuBERTConfig
 
-    data = torch.load(tiny_ckpt, weights_only=True)
-    cfg = LightHuBERTConfig(data["cfg"]["model"])
-    ours = {k for k in data["model"] if k not in ("label_embs_concat", "final_proj.weight", "final_proj.bias")}
-    # the reference's search spaces are 256+ wide, so compare key sets on the standard layout only
-    standard = LightHuBERT(LightHuBERTConfig({**data["cfg"]["model"], **{
-        k: v for k, v in LightHuBERTConfig().__dict__.items() if k.startswith(("encoder_", "conv_", "teacher"))}}))
-    assert ours == set(standard.state_dict())
-    assert cfg.extractor_mode == "default"
+    cfg = tiny_model_config()
+    written = LightHuBERTSupernet(cfg).reset_parameters(11).eval()
+    path = save_checkpoint(tmp_path / "ours.pt", supernet_payload(written, "hubert_pruner", "small"))
+    data = torch.load(path, weights_only=True)
+    ref_cfg = LightHuBERTConfig(data["cfg"]["model"])
+    ref_cfg.supernet_type = "small"  # as s3prl's expert picks it from cfg['model']['pruner_supernet']
+    reference = LightHuBERT(ref_cfg).eval()
+    # strict: a missing, extra or renamed key, or a wrong shape, raises (s3prl's expert loads non-strictly)
+    reference.load_state_dict({k: v for k, v in data["model"].items() if k not in IGNORED_KEYS}, strict=True)
+    subnet = SubnetConfig(96, 11, (1, 2) * 5 + (2,), (192, 384, 288) * 3 + (96, 384))  # mixed per-layer sizes
+    reference.set_sample_config(subnet.to_dict())
+    wavs = make_wavs([16000, 9000], seed=5)
+    padded, padding_mask = prepare_batch(wavs)
+    with torch.no_grad():
+        expected = reference.extract_features(padded, padding_mask=padding_mask, ret_hs=True)[0]
+        got = written(padded, padding_mask, subnet=subnet, padding_mode="reference").hidden_states
+    assert len(expected) == len(got) == 12
+    assert_hidden_states_close(got, expected, longest_reduction(cfg, subnet))
 
 
 def test_missing_file(tmp_path):
@@ -94,20 +116,74 @@ def test_not_a_lighthubert_checkpoint(tmp_path):
             load_checkpoint(p)
 
 
-def test_truncated_and_corrupted(tiny_ckpt, tmp_path):
+def _central_directory(blob: bytes) -> Iterator[Tuple[int, str]]:
+    """(offset, name) of each central-directory entry of a zip archive, read with the zip spec's layout."""
+    offset = zipfile.ZipFile(io.BytesIO(blob)).start_dir
+    while blob[offset:offset + 4] == b"PK\x01\x02":
+        name_len, extra_len, comment_len = struct.unpack("<HHH", blob[offset + 28:offset + 34])
+        yield offset, blob[offset + 46:offset + 46 + name_len].decode()
+        offset += 46 + name_len + extra_len + comment_len
+
+
+def _data_offset(blob: bytes, info: zipfile.ZipInfo) -> int:
+    """Where a record's bytes start: after its local header (30 bytes), name and extra field."""
+    name_len, extra_len = struct.unpack("<HH", blob[info.header_offset + 26:info.header_offset + 30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def _flip(blob: bytes, offset: int, mask: int = 0xFF) -> bytes:
+    damaged = bytearray(blob)
+    damaged[offset] ^= mask
+    return bytes(damaged)
+
+
+def _damage(blob: bytes, where: str) -> bytes:
+    """``blob`` with one realistic kind of damage, placed by reading the archive independently of the library."""
+    infos = zipfile.ZipFile(io.BytesIO(blob)).infolist()
+    pickle_record = next(i for i in infos if i.filename.endswith("/data.pkl"))
+    largest = max(infos, key=lambda i: i.file_size)  # a tensor's bytes
+    largest_entry = next(o for o, name in _central_directory(blob) if name == largest.filename)
+    damage: Dict[str, Callable[[], bytes]] = {
+        # torch.load reads the flipped bytes below without complaint: it never checks the zip's CRC-32s
+        "tensor data": lambda: _flip(blob, _data_offset(blob, largest) + largest.file_size // 2),
+        "pickle record": lambda: _flip(blob, _data_offset(blob, pickle_record) + pickle_record.file_size // 2, 0x01),
+        "record header": lambda: _flip(blob, largest.header_offset + 1),  # its local header's signature
+        "stored checksum": lambda: _flip(blob, largest_entry + 16),  # the CRC-32 in the central directory
+        # the DOS folder attribute in the central directory: torch's zip reader then returns zeros for the
+        # tensor, and no CRC covers that field
+        "folder attribute": lambda: _flip(blob, largest_entry + 38, 0x10),
+        "end record": lambda: _flip(blob, len(blob) - 22),  # the end-of-central-directory signature
+        "last byte cut": lambda: blob[:-1],
+        "half cut": lambda: blob[: len(blob) // 2],
+        "zeroed block": lambda: blob[: len(blob) // 3] + bytes(4096) + blob[len(blob) // 3 + 4096:],
+    }
+    return damage[where]()
+
+
+DAMAGE = ["tensor data", "pickle record", "record header", "stored checksum", "folder attribute", "end record",
+          "last byte cut", "half cut", "zeroed block"]
+
+
+@pytest.mark.parametrize("where", DAMAGE)
+def test_truncated_and_corrupted(tiny_ckpt, tmp_path, where):
+    """Every damaged file is refused with an error that names the file and the fix; none loads silently."""
     blob = Path(tiny_ckpt).read_bytes()
-    cut = tmp_path / "cut.pt"
-    cut.write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(CheckpointError, match="truncated or corrupted .* download or write it again"):
-        load_checkpoint(cut)
-    flipped = bytearray(blob)
-    flipped[len(blob) // 3: len(blob) // 3 + 4096] = os.urandom(4096)
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(bytes(flipped))
-    try:
+    damaged = _damage(blob, where)
+    assert damaged != blob
+    bad = tmp_path / "damaged.pt"
+    bad.write_bytes(damaged)
+    with pytest.raises(CheckpointError,
+                       match=rf"^{re.escape(str(bad))} is truncated or corrupted .*; download or write it again$"):
         load_checkpoint(bad)
-    except CheckpointError as err:  # a damaged archive or record is reported, not crashed on
-        assert "corrupted" in str(err) or "mis-shaped" in str(err) or "lacks" in str(err)
+
+
+def test_undamaged_archive_loads_exactly(tiny_ckpt, tmp_path):
+    """The integrity check refuses damage only: an intact copy loads with every tensor bit for bit."""
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(Path(tiny_ckpt).read_bytes())
+    loaded = load_checkpoint(copy).state_dict
+    raw = torch.load(tiny_ckpt, weights_only=True)["model"]
+    assert loaded.keys() == raw.keys() and all(torch.equal(loaded[k], raw[k]) for k in raw)
 
 
 def test_missing_and_misshaped_weights(tiny_ckpt, tmp_path):

@@ -127,19 +127,37 @@ def test_collect_full_root(full_root, tmp_path):
     assert shown == {"pr": "25.00", "ks": "50.00", "ic": "25.00", "sid": "12.50", "er": "40.00", "asr": "80.00",
                      "asv": "25.00"}
     assert data["score_tasks"] == ["pr", "ks", "ic", "sid", "er", "asr", "asv"] and data["score_partial"] is True
-    expected = reference.superb_score({"pr": 25, "ks": 50, "ic": 25, "sid": 12.5, "er": 40, "asr": 80, "asv": 25})
-    assert mine["superb_score"] == pytest.approx(expected.value)
+    # SUPERB score by hand: 1000/T * sum over tasks of (x - FBANK) / (SOTA - FBANK), here over our T = 7
+    # tasks, with FBANK from DPHuBERT's table and SOTA from the leaderboard (SID 90.30, as its Data.js has
+    # it). Error metrics (PER, WER, EER) need no sign flip: their SOTA lies below FBANK.
+    mine_terms = [(25 - 82.01) / (3.53 - 82.01),  # PR PER 25 %: better than FBANK, term 0.7264
+                  (50 - 41.38) / (96.66 - 41.38),  # KS 50 %: 0.1559
+                  (25 - 9.65) / (98.76 - 9.65),  # IC 25 %: 0.1723
+                  (12.5 - 20.06) / (90.30 - 20.06),  # SID 12.5 %: below FBANK, -0.1076
+                  (40 - 48.24) / (67.62 - 48.24),  # ER mean of 50, 25, 50, 25, 50 = 40 %: -0.4252
+                  (80 - 23.18) / (3.62 - 23.18),  # ASR WER 80 % (printed in percent): -2.9049
+                  (25 - 9.56) / (5.11 - 9.56)]  # ASV EER 25 % (printed as 0.25): -3.4697
+    assert mine["superb_score"] == pytest.approx(1000 / 7 * sum(mine_terms), rel=1e-9)
+    assert mine["superb_score"] == pytest.approx(-836.109, abs=1e-3)
     names = [r["name"] for r in data["rows"]]
     assert names == ["mine", "LightHuBERT Small", "HuBERT Base", "DistilHuBERT", "DPHuBERT"]
-    # reference rows are scored over the same seven tasks, beside their published 10-task score
+    # reference rows are scored over the same seven tasks, beside their published 10-task score;
+    # LightHuBERT Small's published public-set values (SUPERB leaderboard)
     small = data["rows"][1]
     assert small["leaderboard_score"] == 901
-    assert small["superb_score"] == pytest.approx(
-        reference.REFERENCES["lighthubert_small"].score(reference.OUR_TASKS).value)
+    small_terms = [(6.60 - 82.01) / (3.53 - 82.01), (96.07 - 41.38) / (96.66 - 41.38),
+                   (98.23 - 9.65) / (98.76 - 9.65), (69.70 - 20.06) / (90.30 - 20.06),
+                   (64.12 - 48.24) / (67.62 - 48.24), (8.33 - 23.18) / (3.62 - 23.18), (5.42 - 9.56) / (5.11 - 9.56)]
+    assert small["superb_score"] == pytest.approx(1000 / 7 * sum(small_terms), rel=1e-9)
+    assert small["superb_score"] == pytest.approx(879.989, abs=1e-3)
     md = (out / "superb_results.md").read_text()
-    assert "| **mine** | 2.52 | 25.00 | 50.00 |" in md and "partial" in md and "7/10 tasks" in md
+    assert "| **mine** | 2.52 | 25.00 | 50.00 | 25.00 | 12.50 | 40.00 | 80.00 | 25.00 | -836.1 | — |" in md
+    assert ("| LightHuBERT Small (published) | 27.00 | 6.60 | 96.07 | 98.23 | 69.70 | 64.12 | 8.33 | 5.42 | 880.0 "
+            "| 901 |") in md
+    assert "SUPERB score (partial, 7 tasks)" in md and "7/10 tasks" in md
     csv_lines = (out / "superb_results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("model,kind,params_m,pr,ks,ic,sid,er,asr,asv,superb_score")
+    assert csv_lines[1].startswith("mine,ours,2.5201,25.00,50.00,25.00,12.50,40.00,80.00,25.00,-836.11,")
     assert (out / "superb_results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -204,6 +222,49 @@ def test_collect_reads_plain_s3prl_expdirs(tmp_path):
     assert row.tasks["er"].display == "0/5 folds (running)"
     assert row.tasks["er"].folds["fold2"].status == "running"
     assert row.tasks["asr"].status == "missing"
+
+
+def test_collect_plain_log_takes_the_test_score_at_the_last_dev_best_step(tmp_path):
+    """s3prl tests at every eval_step and writes "New best on dev" whenever dev improves; the number to
+    report is the test score of the last improvement (the dev-best checkpoint), which here is neither
+    the first best's (40), the highest test score (90) nor the last test line (65)."""
+    # checkpoints every 5 steps up to 25: by name states-5 would sort last and look unfinished
+    ks = tmp_path / "plain" / "ks_run"
+    _s3prl_files(ks, "ks", total=25, save=5, steps=(5, 10, 15, 20, 25))
+    (ks / "log.log").write_text(
+        "dev at step 5: 0.30\nNew best on dev at step 5: 0.30\ntest at step 5: 0.40\n"
+        "dev at step 10: 0.25\ntest at step 10: 0.90\n"
+        "dev at step 15: 0.45\nNew best on dev at step 15: 0.45\ntest at step 15: 0.55\n"
+        "dev at step 20: 0.40\ntest at step 20: 0.60\n"
+        "dev at step 25: 0.45\ntest at step 25: 0.65\n")  # equal to the best dev score: no new best
+    sid = tmp_path / "plain" / "sid_run"  # the same rule for another recipe's log
+    _s3prl_files(sid, "sid", total=20, save=10, steps=(10, 20))
+    (sid / "log.log").write_text(
+        "dev at step 10: 0.1\nNew best on dev at step 10: 0.1\ntest at step 10: 0.2\n"
+        "dev at step 20: 0.3\nNew best on dev at step 20: 0.3\ntest at step 20: 0.125\n")
+    row = collect.collect_model(tmp_path / "plain")
+    assert (row.tasks["ks"].status, row.tasks["ks"].percent) == ("done", pytest.approx(55.0))
+    assert row.tasks["ks"].detail == "test at dev-best step 15"
+    assert (row.tasks["sid"].status, row.tasks["sid"].percent) == ("done", pytest.approx(12.5))
+
+
+def test_checkpoints_are_ordered_by_step_not_by_name(tmp_path):
+    for name in ("states-10.ckpt", "states-100.ckpt", "states-9.ckpt", "states-4.ckpt", "dev-best.ckpt",
+                 "states-3.ckpt.tmp", "states-x.ckpt"):
+        (tmp_path / name).write_bytes(b"")
+    assert runner.states_checkpoints(tmp_path) == [(4, tmp_path / "states-4.ckpt"), (9, tmp_path / "states-9.ckpt"),
+                                                   (10, tmp_path / "states-10.ckpt"),
+                                                   (100, tmp_path / "states-100.ckpt")]
+    # collect: training to step 12 is finished, the newest checkpoint being states-12, not states-8
+    done = tmp_path / "plain" / "ic_run"
+    _s3prl_files(done, "ic", total=12, save=4, steps=(4, 8, 12))
+    (done / "log.log").write_text("dev at step 8: 0.5\nNew best on dev at step 8: 0.5\ntest at step 8: 0.75\n")
+    unfinished = tmp_path / "plain" / "ks_run"  # stopped at step 12 of 20
+    _s3prl_files(unfinished, "ks", total=20, save=4, steps=(4, 8, 12))
+    row = collect.collect_model(tmp_path / "plain")
+    assert (row.tasks["ic"].status, row.tasks["ic"].percent) == ("done", pytest.approx(75.0))
+    assert row.tasks["ks"].status == "running" and row.tasks["ks"].detail == "training not finished " \
+                                                                               "(last checkpoint step 12)"
 
 
 def test_collect_errors(tmp_path, capsys):
@@ -284,6 +345,40 @@ def test_package_refuses_incomplete_or_broken(full_root, tmp_path, capsys, break
     assert not out.exists()
 
 
+@pytest.mark.parametrize("unit, key, name, lines, repeat", [
+    ("ks", "ks", "test_predict.txt", ["yes-0.wav yes", "yes-1.wav no", "yes-0.wav yes"], (3, "yes-0.wav")),
+    ("sid", "sid", "test_predict.txt", ["id10001-v-0 id10002", "id10001-v-0 id10003", "id10001-v-2 id10002"],
+     (2, "id10001-v-0")),
+    ("ic", "ic", "test_predict.csv", ["f0,activate,lamp,none", "f1,activate,lamp,none", "f1,deactivate,lamp,none"],
+     (3, "f1")),
+    ("pr", "pr", "test-hyp.ark", ["utt0 AH B", "utt1 K", "utt0 AH B"], (3, "utt0")),
+    ("asr", "asr", "test-clean-noLM-hyp.ark", ["utt0 HELLO", "utt0 ", "utt2 WORLD"], (2, "utt0")),
+    ("er/fold3", "er_fold3", "test_fold3_predict.txt", ["Ses03F_a neu", "Ses03F_b sad", "Ses03F_b neu"],
+     (3, "Ses03F_b")),
+], ids=["ks", "sid", "ic", "pr", "asr", "er_fold3"])
+def test_package_refuses_a_duplicated_utterance_id(full_root, tmp_path, capsys, unit, key, name, lines, repeat):
+    """One prediction per test utterance: a repeated id (as many lines as test items, so the count check
+    passes, and recorded by the runner, so only the repeat is wrong) is refused by packaging and by
+    the archive check."""
+    import hashlib
+
+    expdir = full_root / unit
+    pred = expdir / name
+    pred.write_text("".join(line + "\n" for line in lines))
+    result = json.loads((expdir / runner.RESULT_FILE).read_text())
+    result["prediction_sha256"] = hashlib.sha256(pred.read_bytes()).hexdigest()
+    (expdir / runner.RESULT_FILE).write_text(json.dumps(result))
+    line, utterance = repeat
+    out = tmp_path / "predict.zip"
+    assert cli_main(["package", "public", "--from", str(full_root), "-o", str(out)]) == 2
+    assert f"{key}: {pred} line {line} repeats {utterance!r}" in capsys.readouterr().err
+    assert not out.exists()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr(package.ENTRIES[key].dest, pred.read_bytes())
+    with pytest.raises(package.PackageError, match=rf"line {line} repeats {utterance!r}$"):
+        package.validate_archive(out)
+
+
 def test_package_refuses_four_er_folds_by_key(full_root, tmp_path, capsys):
     args = ["package", "public", "-o", str(tmp_path / "p.zip")]
     for i in (1, 2, 3, 5):
@@ -322,7 +417,8 @@ def test_validate_archive_rejects_bad_layouts(tmp_path):
         package.validate_archive(make({"predict/er_fold1_public/predict.txt": "a neu\n"}))
     with pytest.raises(package.PackageError, match="is not a number"):
         package.validate_archive(make({"predict/sv_public/predict.txt": "a_b high\n"}))
-    with pytest.raises(package.PackageError, match="4"):
+    with pytest.raises(package.PackageError, match=r"ic_public/predict\.csv line 1 has 3 comma-separated fields; "
+                                                   r"expected 4 \(file,action,object,location\)$"):
         package.validate_archive(make({"predict/ic_public/predict.csv": "a,b,c\n"}))
     with pytest.raises(package.PackageError, match="not a zip archive"):
         (tmp_path / "x.zip").write_text("no")

@@ -241,9 +241,48 @@ def test_voxceleb_lists(ci_corpus):
     trials = [line.split() for line in Path(asv["test_meta_data"]).read_text().splitlines()]
     assert Counter(label for label, _, _ in trials) == {"1": 30, "0": 30}
     assert all((vox / "test" / "wav" / a).is_file() and (vox / "test" / "wav" / b).is_file() for _, a, b in trials)
-    assert all((a.split("/")[0] == b.split("/")[0]) == (label == "1") for label, a, b in trials)
+    for name in ("test_meta_data", "dev_meta_data"):  # the dev list is parsed by the recipe too
+        _check_trial_list([tuple(line.split()) for line in Path(asv[name]).read_text().splitlines()])
     dev_speakers = {p.name for p in (vox / "dev" / "wav").iterdir()}
     assert not dev_speakers & {p.name for p in (vox / "test" / "wav").iterdir()}
+
+
+def _check_trial_list(trials) -> None:
+    """What holds for VoxCeleb1-O's own list: two different recordings per trial, no pair scored twice
+    (in either order), the label says whether the speakers (the id folder) agree, labels balanced."""
+    assert trials
+    assert all(a != b for _, a, b in trials), [t for t in trials if t[1] == t[2]]
+    pairs = Counter(frozenset((a, b)) for _, a, b in trials)
+    assert max(pairs.values()) == 1, [sorted(p) for p, n in pairs.items() if n > 1]
+    assert all((a.split("/")[0] == b.split("/")[0]) == (label in (1, "1")) for label, a, b in trials)
+    labels = Counter(str(label) for label, _, _ in trials)
+    assert (labels["1"], labels["0"]) == ((len(trials) + 1) // 2, len(trials) // 2)
+
+
+@pytest.mark.parametrize("speakers, per_speaker, count", [(4, 8, 60), (2, 3, 8), (3, 2, 6), (8, 10, 320), (5, 4, 7)])
+def test_trial_lists_pair_different_recordings_once(speakers, per_speaker, count):
+    import numpy as np
+
+    utts = [f"id{10270 + s}/v{u % 3}/{u:05d}.wav" for s in range(speakers) for u in range(per_speaker)]
+    for seed in range(5):
+        trials = corpus.make_trials(utts[::-1], lambda rel: rel.split("/")[0], count, np.random.default_rng(seed))
+        assert len(trials) == count
+        _check_trial_list(trials)
+        # every recording is an enrolment in turn, as in the real list: none is left out
+        if count >= len(utts):
+            assert {a for _, a, _ in trials} == set(utts)
+
+
+def test_trial_list_that_cannot_be_drawn_is_an_error():
+    import numpy as np
+
+    # one recording per speaker: no target trial exists
+    with pytest.raises(CorpusError, match=r"trial 1 of 2: id1/a.wav has no unused same-speaker partner"):
+        corpus.make_trials(["id1/a.wav", "id2/b.wav"], lambda rel: rel.split("/")[0], 2, np.random.default_rng(0))
+    # two speakers with two recordings each: the fifth trial (a's second target one) could only repeat a-b
+    with pytest.raises(CorpusError, match=r"trial 5 of 5: id1/a.wav has no unused same-speaker partner"):
+        corpus.make_trials(["id1/a.wav", "id1/b.wav", "id2/c.wav", "id2/d.wav"], lambda rel: rel.split("/")[0], 5,
+                           np.random.default_rng(0))
 
 
 def test_librispeech_tables_and_lexicon(ci_corpus):

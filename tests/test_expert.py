@@ -1,4 +1,5 @@
 """The s3prl upstream: padding, featurizer, hub entries and options."""
+from typing import Any, Callable, Dict, Set, Tuple
 
 import pytest
 import torch
@@ -41,18 +42,23 @@ def test_reference_padding_mode_depends_on_the_batch(tiny_ckpt):
     assert (batch[1, :T] - alone[0]).abs().max() > 1e-3
 
 
-def test_hidden_state_count_and_shapes(tiny_ckpt):
-    for spec, depth in (("random:small:0", None), (None, 12)):
-        up = UpstreamExpert(str(tiny_ckpt), subnet={"embed_dim": 64, "layer_num": 10, "heads_num": 1, "ffn_embed": 200}
-                            if spec else None).eval()
-        depth = up.subnet.layer_num
-        with torch.no_grad():
-            hs = up(make_wavs([16000, 8000]))["hidden_states"]
-        assert len(hs) == 1 + depth
-        assert all(h.shape == (2, 49, up.subnet.embed_dim) for h in hs)
-        assert up.get_downsample_rates("hidden_states") == 320
-        # padded frames of the first hidden state are zero, as in the original
-        assert torch.all(hs[0][1, 25:] == 0)
+@pytest.mark.parametrize("implementation", ["compact", "supernet"])
+@pytest.mark.parametrize("subnet,states,width", [
+    ({"embed_dim": 64, "layer_num": 10, "heads_num": 1, "ffn_embed": 200}, 11, 64),  # CNN features + 10 layers
+    (None, 13, 128),  # the tiny checkpoint's own subnet: all 12 layers of the 128-wide supernet
+])
+def test_hidden_state_count_and_shapes(tiny_ckpt, implementation, subnet, states, width):
+    up = UpstreamExpert(str(tiny_ckpt), subnet=subnet, implementation=implementation).eval()
+    with torch.no_grad():
+        hs = up(make_wavs([16000, 8000]))["hidden_states"]
+    assert len(hs) == states
+    # the tiny CNN (kernel/stride 10/5, then 3/2 four times, then 2/2 twice) turns 16000 samples into
+    # 3199, 1599, 799, 399, 199, 99, 49 frames and 8000 into 1599, 799, 399, 199, 99, 49, 24
+    assert all(h.shape == (2, 49, width) for h in hs)
+    assert up.get_downsample_rates("hidden_states") == 320
+    # exact padding: the second utterance's 24 frames carry features, its padded frames are zero
+    for h in hs:
+        assert torch.all(h[1, 24:] == 0) and bool(torch.all(h[1, :24].abs().sum(-1) > 0))
 
 
 def test_s3prl_featurizer_consumes_our_hidden_states(tiny_ckpt):
@@ -120,14 +126,58 @@ def test_compact_and_supernet_upstreams_agree(tiny_ckpt):
     assert_hidden_states_close(outs[0], outs[1], longest_reduction(up.model.cfg, up.subnet))
 
 
-def test_bf16_inference_runs_close(tiny_ckpt):
+def activation_dtypes(model: torch.nn.Module, run: Callable[[], Any]) -> Tuple[Set[torch.dtype], int]:
+    """The floating dtypes every submodule of ``model`` took in and gave out while ``run()`` ran (forward hooks,
+    so the CNN, positional conv, attention and each encoder layer are seen inside), and how many calls."""
+    seen: Set[torch.dtype] = set()
+    calls = 0
+
+    def record(module: torch.nn.Module, inputs: Tuple[Any, ...], output: Any) -> None:
+        nonlocal calls
+        calls += 1
+        outputs = output if isinstance(output, (tuple, list)) else (output,)
+        seen.update(t.dtype for t in (*inputs, *outputs) if isinstance(t, torch.Tensor) and t.is_floating_point())
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if m is not model]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen, calls
+
+
+@pytest.mark.filterwarnings("ignore:dtype .* on CPU:RuntimeWarning")  # the slow-dtype warning; not tested here
+@pytest.mark.parametrize("dtype,expected,via_file,implementation", [
+    ("bf16", torch.bfloat16, False, "compact"), ("bfloat16", torch.bfloat16, True, "supernet"),
+    ("float16", torch.float16, False, "compact"),
+])
+def test_reduced_precision_dtype_is_what_the_model_computes_in(tiny_ckpt, tmp_path, implementation, dtype,
+                                                              expected, via_file):
+    """The dtype option changes the dtype of every activation inside the model, not only the weights or the
+    output; hidden states come back as float32 and stay close to the float32 run, but not identical to it."""
     wavs = make_wavs([16000, 7000])
-    with torch.no_grad():
-        ref = UpstreamExpert(str(tiny_ckpt)).eval()(wavs)["hidden_states"][-1]
-        low = UpstreamExpert(str(tiny_ckpt), dtype="bf16").eval()(wavs)["hidden_states"][-1]
-    assert low.dtype == torch.float32
-    rel = (low - ref).norm() / ref.norm()
-    assert rel < 0.05, rel
+    subnet = {"embed_dim": 96, "layer_num": 10, "heads_num": 2, "ffn_embed": 288}
+    ref = UpstreamExpert(str(tiny_ckpt), subnet=subnet, implementation=implementation).eval()
+    want: Dict[str, Any] = {}
+    ref_dtypes, _ = activation_dtypes(ref.model, lambda: want.update(ref(wavs)))
+    assert ref_dtypes == {torch.float32}
+    if via_file:
+        options = tmp_path / "options.yaml"
+        options.write_text(f"subnet: {subnet}\nimplementation: {implementation}\ndtype: {dtype}\n")
+        low = UpstreamExpert(str(tiny_ckpt), model_config=str(options)).eval()
+    else:
+        low = UpstreamExpert(str(tiny_ckpt), subnet=subnet, implementation=implementation, dtype=dtype).eval()
+    outputs: Dict[str, Any] = {}
+    seen, calls = activation_dtypes(low.model, lambda: outputs.update(low(wavs)))
+    assert calls >= 2 * subnet["layer_num"] and seen == {expected}
+    got, ref_states = outputs["hidden_states"], want["hidden_states"]
+    assert len(got) == len(ref_states) == 11 and all(h.dtype == torch.float32 for h in got)
+    rel = float((got[-1] - ref_states[-1]).norm() / ref_states[-1].norm())
+    # bf16 keeps 8 significant bits (relative rounding 2^-9), fp16 11 bits: the last layer differs by about
+    # that much times a small factor, and by far more than float32 rounding (~1e-7)
+    assert 1e-4 < rel < 0.05, rel
 
 
 def test_official_entries_offline_say_where_to_put_the_file(tmp_path, monkeypatch, small_ckpt):

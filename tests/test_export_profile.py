@@ -1,9 +1,11 @@
 """``export`` (compact checkpoints, hidden-set folder), ``profile`` (MACs, RTF) and the benchmark smoke run."""
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Dict, Iterator, List
 
 import pytest
 import torch
@@ -16,12 +18,14 @@ from lighthubert_s3prl.compact import CompactLightHuBERT
 from lighthubert_s3prl.config import ModelConfig, SubnetConfig, count_parameters, get_preset, resolve_subnet
 from lighthubert_s3prl.expert import UpstreamExpert
 from lighthubert_s3prl.export import ExportError, export_compact, main as export_main, write_hidden_set_folder
-from lighthubert_s3prl.profile import analytic_macs, macs_breakdown, main as profile_main
+from lighthubert_s3prl import profile as profile_module
+from lighthubert_s3prl.profile import analytic_macs, macs_breakdown, main as profile_main, measure_rtf
 from lighthubert_s3prl.superb.package import HIDDEN_TASKS, validate_hidden_folder
 from lighthubert_s3prl.supernet import LightHuBERTSupernet
 
 from .conftest import make_wavs
 from .numerics import assert_hidden_states_close, longest_reduction
+from .test_expert import activation_dtypes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,14 +61,65 @@ def test_export_cli_writes_a_loadable_compact_checkpoint(tiny_ckpt, tmp_path, ca
     assert_hidden_states_close(got, want, longest_reduction(load_checkpoint(tiny_ckpt).model_cfg, loaded.default_subnet))
 
 
+def assert_stored_numbers_and_size(path: Path, numbers: int, dtype: torch.dtype) -> None:
+    """The file holds exactly ``numbers`` values, all of ``dtype`` (read with torch alone, not our loader), and
+    its size is those values' bytes plus the archive's own overhead: per tensor a zip local header, alignment
+    padding to 64 bytes, a central-directory entry and its pickle record (about 320 bytes measured), plus the
+    cfg and the end records."""
+    stored = torch.load(path, weights_only=True)["model"]
+    assert {t.dtype for t in stored.values()} == {dtype}
+    assert sum(t.numel() for t in stored.values()) == numbers
+    overhead = path.stat().st_size - numbers * dtype.itemsize
+    assert 0 < overhead < 512 * len(stored) + 16 * 1024, overhead
+
+
 def test_export_real_small_is_under_30_percent_of_the_official_file(small_ckpt, tmp_path):
     result = export_compact(small_ckpt, "small", tmp_path / "small.pt")
     assert result.subnet == get_preset("small") and result.parameters == 26_873_600
     assert result.output_bytes / result.source_bytes <= 0.30
+    # the parameter count keeps mask_emb at the supernet's 768 (as the authors count it); the file stores 384
+    assert_stored_numbers_and_size(result.output, 26_873_600 - (768 - 384), torch.float32)
     half = export_compact(small_ckpt, "small", tmp_path / "small_bf16.pt", dtype="bfloat16")
-    assert half.output_bytes / result.output_bytes < 0.55
+    assert_stored_numbers_and_size(half.output, 26_873_600 - (768 - 384), torch.bfloat16)
     model = CompactLightHuBERT.from_checkpoint(load_checkpoint(half.output))
     assert model.dtype == torch.float32  # stored bf16, computed fp32 unless asked
+
+
+# The 96-wide, 10-layer subnet of the tiny supernet (64-channel CNN, 128 wide) the export tests use, counted by
+# hand: CNN convs 64*10 + 4*(64*64*3) + 2*(64*64*2) and its GroupNorm 2*64; CNN LayerNorm 2*64; mask_emb 128;
+# post_extract_proj 64*96 + 96; positional conv 96*(96/4)*16 + 96; encoder LayerNorm 2*96. Per layer (2 heads,
+# 128 wide attention): q/k/v 3*(96*128 + 128), out 128*96 + 96, two LayerNorms 4*96, and fc1 + fc2 at F =
+# 200 (96*200 + 200 + 200*96 + 96) or 300 (96*300 + 300 + 300*96 + 96), five layers each.
+TINY_EXPORT_SUBNET = "subnet:\n  embed_dim: 96\n  layer_num: 10\n  heads_num: 2\n  ffn_embed: [200, 300, 200, 300, " \
+                     "200, 300, 200, 300, 200, 300]\n"
+TINY_EXPORT_PARAMETERS = (
+    (64 * 10 + 4 * (64 * 64 * 3) + 2 * (64 * 64 * 2) + 2 * 64) + 2 * 64 + 128 + (64 * 96 + 96)
+    + (96 * 24 * 16 + 96) + 2 * 96
+    + 10 * (3 * (96 * 128 + 128) + (128 * 96 + 96) + 4 * 96)
+    + 5 * (96 * 200 + 200 + 200 * 96 + 96) + 5 * (96 * 300 + 300 + 300 * 96 + 96)
+)
+
+
+@pytest.mark.filterwarnings("ignore:dtype .* on CPU:RuntimeWarning")
+def test_export_dtype_is_what_is_stored_and_the_upstream_dtype_what_is_computed(tiny_ckpt, tmp_path, capsys):
+    """``export --dtype`` sets the storage dtype (values rounded from the float32 export, bytes halved); a
+    bf16 file computes in float32 unless the upstream's ``dtype`` asks for bf16, and then every activation is."""
+    subnet = tmp_path / "subnet.yaml"
+    subnet.write_text(TINY_EXPORT_SUBNET)
+    stored: Dict[str, Dict[str, torch.Tensor]] = {}
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        out = tmp_path / f"{name}.pt"
+        assert export_main(["--ckpt", str(tiny_ckpt), "--subnet", str(subnet), "-o", str(out), "--dtype", name]) == 0
+        assert f"parameters:  {TINY_EXPORT_PARAMETERS:,} " in capsys.readouterr().out
+        assert_stored_numbers_and_size(out, TINY_EXPORT_PARAMETERS - (128 - 96), dtype)  # mask_emb: 96 of 128
+        stored[name] = torch.load(out, weights_only=True)["model"]
+    assert stored["bfloat16"].keys() == stored["float32"].keys()
+    assert all(torch.equal(stored["bfloat16"][k], stored["float32"][k].to(torch.bfloat16)) for k in stored["float32"])
+    wavs = make_wavs([8000])
+    for asked, expected in ((None, torch.float32), ("bfloat16", torch.bfloat16)):
+        up = UpstreamExpert(str(tmp_path / "bfloat16.pt"), dtype=asked).eval()
+        seen, calls = activation_dtypes(up.model, lambda: up(wavs))
+        assert calls >= 10 and seen == {expected}, (asked, seen)
 
 
 @pytest.mark.parametrize("spec,depth", [("random:small:2", 10), ("budget:small:30e6", None), ("base-min", 12)])
@@ -186,20 +241,126 @@ def test_macs_breakdown_shape():
     assert analytic_macs(get_preset("small"), ModelConfig(), 0.01) == 0  # shorter than one frame
 
 
-def test_profile_cli(tiny_ckpt, tmp_path, capsys):
+# The tiny supernet's 64-wide, 10-layer subnet (1 head, FFN 128), counted by hand. The CNN (64 channels;
+# kernel/stride 10/5, then 3/2 four times, then 2/2 twice) turns 16000 samples into 3199, 1599, 799, 399, 199,
+# 99, 49 frames and 320000 into 63999, 31999, 15999, 7999, 3999, 1999, 999. The grouped positional conv
+# (kernel 16, 4 groups, padding 8) gives T + 1 outputs; the encoder pads T to an even S (50 and 1000).
+TINY_PROFILE_SUBNET = "subnet:\n  embed_dim: 64\n  layer_num: 10\n  heads_num: 1\n  ffn_embed: 128\n"
+HAND_COUNTED_MACS: Dict[float, Dict[str, int]] = {
+    1.0: {
+        "cnn": 3199 * 64 * 10 + (1599 + 799 + 399 + 199) * 64 * 64 * 3 + (99 + 49) * 64 * 64 * 2,
+        "projection": 49 * 64 * 64,
+        "pos_conv": 50 * 64 * (64 // 4) * 16,
+        "attention_proj": 10 * 4 * 50 * 64 * 64,  # q, k, v and out
+        "attention_scores": 10 * 2 * 50 * 50 * 64,  # q.k^T and attention x v
+        "ffn": 10 * 2 * 50 * 64 * 128,
+    },
+    20.0: {
+        "cnn": 63999 * 64 * 10 + (31999 + 15999 + 7999 + 3999) * 64 * 64 * 3 + (1999 + 999) * 64 * 64 * 2,
+        "projection": 999 * 64 * 64,
+        "pos_conv": 1000 * 64 * (64 // 4) * 16,
+        "attention_proj": 10 * 4 * 1000 * 64 * 64,
+        "attention_scores": 10 * 2 * 1000 * 1000 * 64,
+        "ffn": 10 * 2 * 1000 * 64 * 128,
+    },
+}
+
+
+@pytest.mark.parametrize("seconds", sorted(HAND_COUNTED_MACS))
+def test_macs_breakdown_equals_a_hand_count(seconds):
+    subnet = SubnetConfig.uniform(64, 1, 128, 10)
+    assert macs_breakdown(subnet, tiny_model_config(), seconds) == HAND_COUNTED_MACS[seconds]
+
+
+def test_profile_cli_prints_the_hand_counted_macs(tiny_ckpt, tmp_path, capsys):
     subnet_file = tmp_path / "subnet.yaml"
-    subnet_file.write_text("subnet:\n  embed_dim: 64\n  layer_num: 10\n  heads_num: 1\n  ffn_embed: 128\n")
-    assert profile_main(["--ckpt", str(tiny_ckpt), "--subnet", str(subnet_file), "--seconds", "1", "--repeats", "1"]) == 0
+    subnet_file.write_text(TINY_PROFILE_SUBNET)
+    assert profile_main(["--ckpt", str(tiny_ckpt), "--subnet", str(subnet_file), "--seconds", "20", "--no-timing"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    parts = HAND_COUNTED_MACS[20.0]
+    total = sum(parts.values())
+    assert "subnet:      embed_dim=64 layers=10 heads=1 ffn=128" in lines
+    assert "audio:       20 s -> 999 frames" in lines
+    assert f"MACs:        {total / 1e9:.3f} G for 20 s = {total / 20 / 1e9:.3f} GMACs per second of audio" in lines
+    for name, value in parts.items():
+        note = "  (grows with sequence length)" if name == "attention_scores" else ""
+        assert f"  {name:<17} {value / 1e9:9.3f} G  {value / total:6.1%}{note}" in lines
+    assert not any(line.startswith("real-time factor") for line in lines)  # --no-timing times nothing
+
+
+class ScriptedClock:
+    """Stands in for the ``time`` module: each forward the model runs takes the next of ``durations`` seconds."""
+
+    def __init__(self, durations: List[float]) -> None:
+        self.now = 0.0
+        self._durations: Iterator[float] = iter(durations)
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def forward_ran(self) -> None:
+        self.now += next(self._durations)
+
+
+# one warm-up that must not count, then three runs whose median (0.3 s) is neither their mean nor the last one
+DURATIONS = [9.0, 0.2, 0.5, 0.3]
+
+
+def test_measure_rtf_is_the_median_timed_run_over_the_audio_length(monkeypatch):
+    clock = ScriptedClock(DURATIONS)
+    monkeypatch.setattr(profile_module, "time", clock)
+    lengths: List[int] = []
+
+    class Model:
+        def forward_utterances(self, wavs: List[torch.Tensor]) -> None:
+            lengths.extend(len(w) for w in wavs)
+            clock.forward_ran()
+
+    timing = measure_rtf(Model(), seconds=2.0, repeats=3, warmup=1)
+    assert timing == {"seconds_per_run": pytest.approx(0.3), "rtf": pytest.approx(0.15), "runs": 3}
+    assert lengths == [32000] * 4  # 2 s at 16 kHz, warm-up included
+
+
+@pytest.mark.filterwarnings("ignore:dtype .* on CPU:RuntimeWarning")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_profile_cli_times_in_the_asked_dtype(tiny_ckpt, tmp_path, capsys, monkeypatch, dtype):
+    """The printed real-time factor is the median run over the audio length, and the timed model computes in
+    ``--dtype`` (every activation, seen by forward hooks)."""
+    subnet_file = tmp_path / "subnet.yaml"
+    subnet_file.write_text(TINY_PROFILE_SUBNET)
+    clock = ScriptedClock(DURATIONS)
+    monkeypatch.setattr(profile_module, "time", clock)
+    timed = measure_rtf
+    seen_dtypes: List[Any] = []
+
+    def measure_and_watch(model: torch.nn.Module, *args: Any, **kwargs: Any) -> Dict[str, float]:
+        forward = model.forward_utterances
+
+        def forward_on_the_clock(wavs: List[torch.Tensor]) -> Any:
+            out = forward(wavs)
+            clock.forward_ran()
+            return out
+
+        monkeypatch.setattr(model, "forward_utterances", forward_on_the_clock)
+        result: Dict[str, float] = {}
+        seen_dtypes.append(activation_dtypes(model, lambda: result.update(timed(model, *args, **kwargs))))
+        return result
+
+    monkeypatch.setattr(profile_module, "measure_rtf", measure_and_watch)
+    assert profile_main(["--ckpt", str(tiny_ckpt), "--subnet", str(subnet_file), "--seconds", "2", "--repeats", "3",
+                         "--threads", "1", "--dtype", dtype]) == 0
     out = capsys.readouterr().out
-    assert "parameters:" in out and "GMACs per second of audio" in out and "real-time factor:" in out
-    assert "attention_scores" in out and "(grows with sequence length)" in out
+    assert (f"real-time factor: 0.1500 on cpu ({dtype}, 1 threads; median of 3 runs: 0.300 s per 2 s of audio; "
+            f"6.7x faster than real time)") in out
+    (seen, calls), = seen_dtypes
+    assert calls >= 4 * 10 and seen == {getattr(torch, dtype)}
 
 
 def test_profile_cli_default_random_standard_model(capsys):
-    assert profile_main(["--subnet", "small", "--seconds", "1", "--repeats", "1"]) == 0
+    assert profile_main(["--subnet", "small", "--seconds", "1", "--no-timing"]) == 0
     out = capsys.readouterr().out
     assert "random weights (standard 768-wide supernet" in out
-    assert "parameters:  26,873,600 (26.87M)" in out and "real-time factor:" in out
+    assert "parameters:  26,873,600 (26.87M)" in out and "audio:       1 s -> 49 frames" in out
 
 
 def test_profile_errors_are_clear(tiny_ckpt, tmp_path, capsys):
@@ -235,12 +396,24 @@ def test_benchmark_quick_smoke(small_ckpt, tmp_path, schedule):
     assert "s3prl built-in" in proc.stdout and "ours compact" in proc.stdout and "targets" in proc.stdout
     data = json.loads(out.read_text())
     small = data["results"]["small"]
-    assert small["files"]["checkpoint_given"] is True  # the given file was used, not a new one
+    files = small["files"]
+    assert files["checkpoint_given"] is True  # the given file was used, not a new one
+    assert files["supernet_bytes"] == small_ckpt.stat().st_size
+    assert_stored_numbers_and_size(Path(files["compact"]), 26_873_600 - (768 - 384), torch.float32)
+    assert files["compact_bytes"] == Path(files["compact"]).stat().st_size
+    assert small["compact_file_ratio"] == pytest.approx(files["compact_bytes"] / files["supernet_bytes"])
     assert small["compact_file_ratio"] <= 0.30
+    runs = data["meta"]["repeats"]
     for peer in ("s3prl", "supernet", "compact"):
         entry = small["peers"][peer]
-        assert entry["batch_s"] > 0 and entry["load_s"] > 0 and entry["peak_mb"] > 0
-    assert small["peers"]["compact"]["speedup_vs_s3prl"] > 0
+        assert entry["load_s"] > 0 and entry["peak_mb"] > 0
+        # the reported time is the median of as many timed runs as asked, the minimum their minimum
+        assert len(entry["batch_s_runs"]) == runs and all(t > 0 for t in entry["batch_s_runs"])
+        assert entry["batch_s"] == pytest.approx(statistics.median(entry["batch_s_runs"]))
+        assert entry["batch_s_min"] == pytest.approx(min(entry["batch_s_runs"]))
+        assert entry["speedup_vs_s3prl"] == pytest.approx(small["peers"]["s3prl"]["batch_s"] / entry["batch_s"])
+    assert small["peers"]["s3prl"]["speedup_vs_s3prl"] == pytest.approx(1.0)
+    assert data["meta"]["audio_seconds"] == pytest.approx(sum(data["meta"]["batch_seconds"]), abs=1e-3)
     # the three implementations compute the same thing (last hidden states sent back by each peer's process)
     assert set(small["max_abs_diff"]) == {"supernet_vs_s3prl_longest", "compact_vs_s3prl_longest", "compact_vs_supernet_all"}
     assert all(v < 1e-3 for v in small["max_abs_diff"].values()), small["max_abs_diff"]

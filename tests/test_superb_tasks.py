@@ -7,12 +7,14 @@ prediction file. One learning check trains KS long enough to show the corpus is 
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 import yaml
@@ -287,6 +289,83 @@ print("OK")
 
 # ----------------------------------------------------------------------------------------------------
 # every recipe, end to end, through s3prl's runner
+#
+# The printed score must be the one its prediction file earns: the ids in the file are exactly the test
+# set's and the metric, recomputed here from the file and the corpus's own test labels (folder names,
+# CSV and JSON lists, transcripts + lexicon, the trial list), equals the printed one.
+
+
+def _edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+
+def _equal_error_rate(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Where the ROC curve, linear between its points, meets miss rate = false-alarm rate."""
+    positives, negatives = sum(labels), len(labels) - sum(labels)
+    points = [(0.0, 0.0)]
+    for threshold in sorted(set(scores), reverse=True):
+        accepted = [label for label, score in zip(labels, scores) if score >= threshold]
+        points.append(((len(accepted) - sum(accepted)) / negatives, sum(accepted) / positives))
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        g0, g1 = 1 - x0 - y0, 1 - x1 - y1  # miss rate minus false-alarm rate at each end
+        if g0 >= 0 >= g1:
+            return x0 if g0 == g1 else x0 + (x1 - x0) * g0 / (g0 - g1)
+    raise AssertionError("the ROC curve never crosses the equal error line")
+
+
+def _transcripts(libri: Path) -> Dict[str, List[str]]:
+    return {utt: words for trans in (libri / "test-clean").rglob("*.trans.txt")
+            for utt, *words in (line.split() for line in trans.read_text().splitlines())}
+
+
+def _test_truth(task: str, paths: Dict[str, str], fold: Optional[str]) -> Dict[str, Any]:
+    """Test item id, as the recipe names it -> its reference, read from the corpus's files."""
+    if task == "ks":  # the test set's class folders
+        test_root = Path(paths["speech_commands_test_root"])
+        return {f"{p.parent.name}-{p.name}": p.parent.name for p in test_root.glob("*/*.wav")}
+    if task == "ic":
+        with open(Path(paths["file_path"]) / "data" / "test_data.csv", newline="") as f:
+            return {Path(r["path"]).stem: (r["action"], r["object"], r["location"]) for r in csv.DictReader(f)}
+    if task == "er":  # leave-one-session-out: fold N tests session N
+        session = fold.replace("fold", "Session")  # type: ignore[union-attr]
+        meta = json.loads((Path(paths["meta_data"]) / session / "test_meta_data.json").read_text())
+        return {Path(i["path"]).stem: i["label"] for i in meta["meta_data"]}
+    if task == "sid":  # iden_split.txt: 3 = test; the speaker is the id folder
+        lines = [line.split() for line in Path(paths["meta_data"]).read_text().splitlines()]
+        return {rel[:-4].replace("/", "-"): rel.split("/")[0] for split, rel in lines if split == "3"}
+    if task == "asv":  # the trial list, each pair named like s3prl's "<spk-video-utt>_<spk-video-utt>"
+        lines = [line.split() for line in Path(paths["test_meta_data"]).read_text().splitlines()]
+        return {f"{a[:-4].replace('/', '-')}_{b[:-4].replace('/', '-')}": int(label) for label, a, b in lines}
+    words = _transcripts(Path(paths["libri_root" if task == "asr" else "path"]))
+    if task == "asr":
+        return words
+    lexicon = dict(line.split("\t") for line in Path(paths["lexicon"]).read_text().splitlines())
+    return {utt: [ph for w in ws for ph in lexicon[w].split()] for utt, ws in words.items()}
+
+
+def _recompute_metric(task: str, prediction: Path, truth: Dict[str, Any]) -> float:
+    """The task's metric from the prediction file against ``truth``; the file must name every test
+    item exactly once."""
+    lines = prediction.read_text().splitlines()
+    if task == "ic":
+        rows = [line.split(",") for line in lines]
+        predicted = {r[0]: tuple(r[1:]) for r in rows}
+    else:
+        rows = [line.split(" ", 1) for line in lines]
+        predicted = {r[0]: (r[1] if len(r) > 1 else "") for r in rows}
+    ids = [r[0] for r in rows]
+    assert len(ids) == len(set(ids)) and set(ids) == set(truth), (sorted(set(ids) ^ set(truth))[:5], len(ids))
+    if task == "asv":
+        return _equal_error_rate([truth[i] for i in ids], [float(predicted[i]) for i in ids])
+    if task in ("asr", "pr"):
+        errors = sum(_edit_distance(predicted[i].split(), truth[i]) for i in ids)
+        return errors / sum(len(truth[i]) for i in ids) * (100 if task == "asr" else 1)
+    return sum(predicted[i] == truth[i] for i in ids) / len(ids)
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
@@ -308,8 +387,13 @@ def test_recipe_trains_and_evaluates_on_cpu(task, ci_corpus, recipe_cache, tmp_p
     evaluated = out.split("@@@ run_downstream evaluate")[1]
     score = spec.parse_result(evaluated, split)
     assert score is not None, evaluated[-2000:]
-    prediction = spec.prediction_path(expdir, spec.folds[0] if spec.folds else None)
+    fold = yaml.safe_load(config.read_text())["downstream_expert"]["datarc"]["test_fold"] if spec.folds else None
+    prediction = spec.prediction_path(expdir, fold)
     assert prediction.is_file() and prediction.read_text().strip(), prediction
+    # accuracy and EER are fractions, PER a fraction that insertions can push past 1, WER in percent
+    assert 0 <= score <= 1 if task in ("ks", "ic", "er", "sid", "asv") else score >= 0
+    truth = _test_truth(task, ci_corpus["tasks"][task]["paths"], fold)
+    assert _recompute_metric(task, prediction, truth) == pytest.approx(score, rel=1e-6, abs=1e-9)
     print(f"{task}: {spec.metric}={score:.4f} train+evaluate {elapsed:.1f} s")
     # caches went to our directory, not into site-packages
     import s3prl

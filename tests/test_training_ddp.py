@@ -1,15 +1,23 @@
-"""A 2-process CPU DDP run (torchrun, gloo) trains a few steps and writes one model and one resume state."""
+"""2-process CPU DDP (gloo): a torchrun run writes one model and one resume state, and an update on two
+processes with different data equals one single-process update on their union."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Dict, Iterator
 
 import torch
+import torch.multiprocessing as mp
 import yaml
+
+from lighthubert_s3prl.training.config import load_config
+from lighthubert_s3prl.training.data import Batch, collate
+from lighthubert_s3prl.training.trainer import Trainer
 
 from .test_training_fixtures import teacher_ckpt, tiny_config  # noqa: F401 (fixture)
 
@@ -34,3 +42,70 @@ def test_two_process_ddp_trains(tmp_path, teacher_ckpt):
     assert state["world"] == 2 and len(state["rng"]) == 2
     assert (state["epoch"], state["batch_in_epoch"]) == (1, 2)
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _sync_config(out: Path, teacher: Path, batch_size: int, accumulate: int) -> Dict[str, Any]:
+    """One update whose gradient is a plain mean over utterances, so ranks' means average to the union's.
+
+    Equal-length utterances (1.2 s cropped to 1.0 s), every frame counted and no input mask (masks depend on
+    the rank), no dropout (its streams depend on the rank)."""
+    return tiny_config("stage1", out, teacher, data={"batch_size": batch_size, "synthetic": {"utterances": 8}},
+                       mask={"enabled": False}, loss={"frames": "all"},
+                       student={"model": {"preset": "tiny", "dropout": 0.0, "attention_dropout": 0.0}},
+                       train={"steps": 1, "accumulate": accumulate})
+
+
+def _rank_update(rank: int, world: int, port: int, cfg: Dict[str, Any], out: str) -> None:
+    """One process of the DDP run: one update, then its parameters and the waveforms it read go to ``out``."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    trainer = Trainer(load_config(cfg))
+    read = []
+    batches = trainer._batches
+
+    def recorded() -> Iterator[Batch]:
+        for batch in batches():
+            read.append(batch.wav.clone())
+            yield batch
+
+    trainer._batches = recorded
+    try:
+        trainer.fit()
+        params = {k: v.detach().clone() for k, v in trainer.task.module.state_dict().items()}
+        torch.save({"params": params, "wavs": read}, Path(out) / f"rank{rank}.pt")
+    finally:
+        trainer.close()
+
+
+def test_ddp_update_equals_one_process_on_the_union_batch(tmp_path, teacher_ckpt, one_thread):
+    """Each of 2 processes reads 2 micro-batches of 2 different utterances; after the update both hold the
+    same parameters, those of one process updating once on all 8 utterances."""
+    # the single-process reference is built first: its lazy imports (the optimizer's, the teachers') are then
+    # already done in the processes forked below
+    single = Trainer(load_config(_sync_config(tmp_path / "single", teacher_ckpt, batch_size=8, accumulate=1)))
+    start = {k: v.detach().clone() for k, v in single.task.module.state_dict().items()}
+    cfg = _sync_config(tmp_path / "ddp", teacher_ckpt, batch_size=2, accumulate=2)
+    # fork, not spawn: the children inherit the imported modules instead of importing torch again (seconds each);
+    # each child runs single-threaded, as DataLoader workers do after a fork
+    mp.start_processes(_rank_update, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    union = torch.cat([w for rank in ranks for w in rank["wavs"]])
+    assert union.shape == (8, 16000) and len({tuple(w[:50].tolist()) for w in union}) == 8  # 8 distinct utterances
+    a, b = ranks[0]["params"], ranks[1]["params"]
+    assert a.keys() == b.keys() == start.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "the processes' parameters differ: gradients were not synchronised"
+
+    single._train_step(iter([collate(list(union))]))
+    want = single.task.module.state_dict()
+    moved = max(float((want[k] - start[k]).abs().max()) for k in want)
+    assert moved > 1e-4  # the update did something (AdamW's first step moves each weight by about lr)
+    worst = max(float((want[k] - a[k]).abs().max()) for k in want)
+    assert worst < 1e-2 * moved, f"DDP update differs from the union update by {worst} (an update moves {moved})"

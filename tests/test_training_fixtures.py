@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 import torch
 
 from lighthubert_s3prl.checkpoint import tiny_model_config, write_random_checkpoint
+from lighthubert_s3prl.training.config import TeacherConfig
+from lighthubert_s3prl.training.data import Batch
+from lighthubert_s3prl.training.teachers import Teacher, TeacherOutput
 
 TINY_SPACE = {
     "name": "tiny",
@@ -57,3 +60,67 @@ def teacher_ckpt(tmp_path_factory) -> Path:
 def teacher_b_ckpt(tmp_path_factory) -> Path:
     return write_random_checkpoint(tmp_path_factory.mktemp("teachers") / "teacher_b.pt", "stage1", seed=12,
                                    model_cfg=tiny_model_config())
+
+
+# ---------------------------------------------------------------------------------------------------
+# A hand-built teacher whose every layer output is a known formula, so a test can compute the exact
+# distillation target itself instead of asking the library.
+PATTERN_LAYERS = 4  # transformer layers: 5 hidden states (input first) and 4 FFN outputs, as HuBERT's layout
+PATTERN_TEACHERS: Dict[str, Tuple[int, int, int]] = {  # name -> (teacher id, width, samples per frame)
+    "pattern_a": (0, 16, 320),
+    "pattern_b": (1, 16, 320),  # same width as pattern_a: EKD can average them
+    "pattern_c": (2, 8, 320),  # narrower: EKD concatenates it or gives it its own head
+    "pattern_fast": (3, 16, 160),  # 10 ms frames, twice the student's rate
+}
+SOURCES = ("hidden_states", "layer_results")
+
+
+def pattern(teacher: int, source: str, layer: int, batch: int, frames: int, dim: int) -> torch.Tensor:
+    """(batch, frames, dim) output of ``layer`` of ``source``: its own offset, scale and frequency.
+
+    The offset, scale and channel tilt differ by layer, source and teacher, and so does the time
+    frequency; hence no two layers agree even after per-channel (instance) or per-frame (layer)
+    normalisation, and a wrong layer index, source or teacher changes the target.
+    """
+    kind = SOURCES.index(source)
+    b = torch.arange(batch, dtype=torch.float64)[:, None, None]
+    t = torch.arange(frames, dtype=torch.float64)[None, :, None]
+    d = torch.arange(dim, dtype=torch.float64)[None, None, :]
+    offset = layer + 3.0 * kind + 7.0 * teacher
+    scale = 1.0 + layer + 0.5 * kind + 2.0 * teacher
+    freq = 0.11 * (1 + layer) + 0.05 * kind + 0.03 * teacher
+    x = offset + scale * torch.sin(freq * t + 0.9 * d + 1.7 * b) + 0.1 * (layer + 1) * d
+    return x.float()
+
+
+class PatternTeacher(Teacher):
+    """A frozen teacher with no weights whose layers give ``pattern`` at ``downsample_rate`` samples per frame."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.label = name
+        self.teacher_id, self.dim, self.downsample_rate = PATTERN_TEACHERS[name]
+        self._freeze()
+
+    def run(self, batch: Batch) -> TeacherOutput:
+        B, frames = batch.wav.size(0), batch.wav.size(1) // self.downsample_rate
+
+        def layers(source: str, count: int) -> List[torch.Tensor]:
+            return [pattern(self.teacher_id, source, k, B, frames, self.dim) for k in range(count)]
+
+        return TeacherOutput(layers("hidden_states", PATTERN_LAYERS + 1), layers("layer_results", PATTERN_LAYERS),
+                             self.downsample_rate)
+
+
+@pytest.fixture
+def pattern_teachers(monkeypatch) -> Callable[[TeacherConfig, torch.device], Teacher]:
+    """Make every task build ``PatternTeacher(name)`` for a teacher config that names one of PATTERN_TEACHERS."""
+    from lighthubert_s3prl.training import distill
+
+    def build(cfg: TeacherConfig, device: torch.device) -> Teacher:
+        teacher = PatternTeacher(str(cfg.name)).to(device)
+        teacher.probe(device)
+        return teacher
+
+    monkeypatch.setattr(distill, "build_teacher", build)
+    return build

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
+from typing import Dict, Iterator, List
 
 import pytest
 import torch
@@ -12,8 +14,8 @@ import yaml
 
 from lighthubert_s3prl.checkpoint import load_checkpoint
 from lighthubert_s3prl.config import SEARCH_SPACES, ConfigError, SubnetConfig, count_parameters, largest_subnet_under_budget
-from lighthubert_s3prl.training.config import load_config, resolve_space
-from lighthubert_s3prl.training.data import synthetic_utterance
+from lighthubert_s3prl.training.config import TrainingConfig, load_config, resolve_space
+from lighthubert_s3prl.training.data import Batch, synthetic_utterance
 from lighthubert_s3prl.training.trainer import Trainer, train
 
 from .test_training_fixtures import (  # noqa: F401 (fixtures)
@@ -29,6 +31,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _wavs():
     return [synthetic_utterance(100, 1.0), synthetic_utterance(101, 0.7)]
+
+
+def _assert_same_weights(a_path: Path, b_path: Path) -> None:
+    """Two exported models hold bit-identical tensors under the same names."""
+    a = torch.load(a_path, weights_only=True)["model"]
+    b = torch.load(b_path, weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +145,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stage1_run, tea
     second = train(cfg(tmp_path / "resumed"))  # resume=auto picks up state/last.pt
     assert second.step == 6 and not second.interrupted
     assert first.losses + second.losses == straight.losses  # bit-identical, epochs crossed mid-run
-    a = torch.load(straight.model_path, weights_only=True)["model"]
-    b = torch.load(second.model_path, weights_only=True)["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _assert_same_weights(straight.model_path, second.model_path)
     sa = torch.load(tmp_path / "straight/state/last.pt", weights_only=True)
     sb = torch.load(tmp_path / "resumed/state/last.pt", weights_only=True)
     assert (sa["epoch"], sa["batch_in_epoch"]) == (sb["epoch"], sb["batch_in_epoch"]) == (3, 3)  # 12 batches = 4 epochs of 3
@@ -144,20 +153,43 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stage1_run, tea
 
 
 def test_sigterm_stops_after_the_update_with_a_resumable_state(tmp_path, teacher_ckpt):
-    trainer = Trainer(load_config(tiny_config("stage1", tmp_path, teacher_ckpt, train={"steps": 50})))
+    """SIGTERM during update 2 of 4: that update completes and is saved, the caller's handler is back afterwards,
+    and resuming runs updates 3 and 4 to the losses and weights of a run that was never stopped."""
+    def cfg(out: Path) -> TrainingConfig:
+        return load_config(tiny_config("stage1", out, teacher_ckpt, data={"batch_size": 2}, train={"steps": 4}))
+
+    straight = train(cfg(tmp_path / "straight"))
+    trainer = Trainer(cfg(tmp_path / "stopped"))
     step = trainer._train_step
 
-    def step_then_signal(batches):
+    def step_then_signal(batches: Iterator[Batch]) -> Dict[str, float]:
         record = step(batches)
-        if trainer.step == 1:  # the loop increments after this returns: stop after update 2
+        if trainer.step == 1:  # the loop counts this update after it returns: the signal lands inside update 2
             os.kill(os.getpid(), signal.SIGTERM)
         return record
 
     trainer._train_step = step_then_signal
-    result = trainer.fit()
-    assert result.interrupted and result.step == 2
-    assert torch.load(tmp_path / "state/last.pt", weights_only=True)["step"] == 2
-    assert signal.getsignal(signal.SIGTERM) is not None  # our handler was removed again
+    reached_caller: List[int] = []
+
+    def callers_handler(signum: int, _frame: object) -> None:
+        reached_caller.append(signum)
+
+    before = signal.signal(signal.SIGTERM, callers_handler)
+    try:
+        stopped = trainer.fit()
+        after = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert after is callers_handler and not reached_caller  # the trainer caught it, then put the caller's back
+    assert stopped.interrupted and stopped.step == 2 and len(stopped.losses) == 2
+    state = torch.load(tmp_path / "stopped/state/last.pt", weights_only=True)
+    assert state["step"] == 2 and state["optimizer"]["state"][0]["step"] == 2  # two completed updates, both saved
+    log = [json.loads(line)["step"] for line in (tmp_path / "stopped/log.jsonl").read_text().splitlines()]
+    assert log == [1, 2]
+    resumed = train(cfg(tmp_path / "stopped"))
+    assert resumed.step == 4 and not resumed.interrupted
+    assert stopped.losses + resumed.losses == straight.losses  # updates 3 and 4 are those of the straight run
+    _assert_same_weights(straight.model_path, resumed.model_path)
 
 
 def test_resume_errors(tmp_path, teacher_ckpt):

@@ -39,7 +39,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
@@ -48,7 +48,7 @@ from ._espeak import ESPEAKNG_LOADER_VERSION, EspeakSynthesizer, SynthRequest
 LOG = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-GENERATOR_VERSION = 2  # bump whenever the same preset+seed would produce different files
+GENERATOR_VERSION = 3  # bump whenever the same preset+seed would produce different files
 MANIFEST_NAME = "corpus_manifest.json"
 # written into each data set before it is renamed into place: marks it complete and ours (only such
 # folders are ever deleted; the recipes' loaders look at sub-folders and splits, never at this file)
@@ -462,6 +462,33 @@ VOX_WORDS = (
 )
 
 
+def make_trials(utterances: Iterable[str], speaker_of: Callable[[str], str], count: int,
+                rng: np.random.Generator) -> List[Tuple[int, str, str]]:
+    """``count`` verification trials ``(label, enrolment, test)`` shaped like VoxCeleb1-O's list.
+
+    As in the real list, a trial compares two different recordings, no pair of recordings is scored
+    twice (in either order: the score is symmetric, a repeat would only weigh that pair double in the
+    EER), and target (1) and non-target (0) trials come in equal numbers (alternating; one more target
+    for an odd ``count``). Enrolment utterances are taken in turn.
+    """
+    rels = sorted(set(utterances))
+    used: Set[FrozenSet[str]] = set()
+    out: List[Tuple[int, str, str]] = []
+    for t in range(count):
+        enrol = rels[t % len(rels)]
+        label = 1 if t % 2 == 0 else 0
+        pool = [r for r in rels if r != enrol and (speaker_of(r) == speaker_of(enrol)) == (label == 1)
+                and frozenset((enrol, r)) not in used]
+        if not pool:
+            raise CorpusError(f"cannot draw trial {t + 1} of {count}: {enrol} has no unused "
+                              f"{'same' if label else 'other'}-speaker partner among {len(rels)} utterances; "
+                              "ask for fewer trials or more utterances per speaker")
+        test = pool[int(rng.integers(len(pool)))]
+        used.add(frozenset((enrol, test)))
+        out.append((label, enrol, test))
+    return out
+
+
 def _build_voxceleb1(b: _Build, p: Preset) -> Dict[str, dict]:
     n_dev, n_test = p.vox_speakers
     # the real corpus keeps ids id10270..id10309 for its verification test speakers
@@ -493,15 +520,9 @@ def _build_voxceleb1(b: _Build, p: Preset) -> Dict[str, dict]:
     b.write_text("iden_split.txt", iden)
 
     def trials(part: str, count: int, key: str) -> List[str]:
-        rels = sorted(r for r, m in meta.items() if m[0] == part)
-        rng, lines = b.rng("trials", key), []
-        for t in range(count):
-            enrol = rels[t % len(rels)]
-            same = [r for r in rels if meta[r][1] == meta[enrol][1] and r != enrol]
-            other = [r for r in rels if meta[r][1] != meta[enrol][1]]
-            pool, label = (same, 1) if t % 2 == 0 else (other, 0)
-            lines.append(f"{label} {enrol} {pool[int(rng.integers(len(pool)))]}")
-        return lines
+        rels = [r for r, m in meta.items() if m[0] == part]
+        return [f"{label} {enrol} {test}" for label, enrol, test in
+                make_trials(rels, lambda rel: meta[rel][1], count, b.rng("trials", key))]
 
     # named like the original VoxCeleb1-O list (veri_test.txt), the one SUPERB scores
     b.write_text("veri_test.txt", trials("test", p.asv_trials, "test"))

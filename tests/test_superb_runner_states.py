@@ -1,0 +1,368 @@
+"""The batch runner's state machine: what it launches for every on-disk state of a unit.
+
+A unit (one task, or one ER fold) is found in one of these states: nothing yet; training interrupted
+(checkpoints, no training marker); trained but not tested; tested, result written but the done marker
+missing (a crash between the two); done. Each must lead to exactly one course of action: train, resume
+with ``-a``, test only, re-test, skip. The s3prl processes are replaced by a recorder standing in for
+``SuperbRunner._execute`` that writes what s3prl would write (checkpoints, prediction files, the result
+line), so the tests count and compare the launches themselves instead of reading log messages. Every
+expected command line is written out here flag by flag; none is built with the runner's own helpers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pytest
+
+from lighthubert_s3prl.superb import runner
+from lighthubert_s3prl.superb.runner import RunOptions, SuperbRunner, Unit
+
+CKPT = "/models/tiny.pt"
+DOWNSTREAM = {"pr": "ctc", "ks": "speech_commands", "ic": "fluent_commands", "sid": "voxceleb1", "er": "emotion",
+              "asr": "asr", "asv": "sv_voxceleb1"}
+# what s3prl's recipes print and write, per task (from s3prl 0.4.18's experts)
+RESULT_LINE = {"pr": "test per: {}", "ks": "test acc: {}", "ic": "test acc: {}", "sid": "test acc: {}",
+               "er": "test acc: {}", "asr": "test-clean wer: {}", "asv": "sv-voxceleb1/test-EER: {}"}
+PREDICTION = {"pr": "test-hyp.ark", "ks": "test_predict.txt", "ic": "test_predict.csv", "sid": "test_predict.txt",
+              "er": "test_{fold}_predict.txt", "asr": "test-clean-noLM-hyp.ark", "asv": "test_predict.txt"}
+BEST = {"asr": "dev-clean-best.ckpt"}  # the others save dev-best.ckpt; ASV saves no best checkpoint
+SPLIT = {"asr": "test-clean"}  # the others are tested on "test"
+PARAMS = 2_520_064
+
+
+@dataclass
+class Call:
+    mode: str  # train | evaluate
+    args: List[str]  # everything after the launcher module
+    resumed_from: Optional[str] = None  # train: the checkpoint s3prl's -a continues from (None: from scratch)
+
+
+@dataclass
+class FakeS3prl:
+    """Stands in for every s3prl process the runner starts; records the calls and writes s3prl's files.
+
+    Training saves ``states-<step>.ckpt`` every ``save_step`` up to ``total_steps`` (continuing after the
+    newest checkpoint when ``-a`` finds one) and, when ``write_best``, the dev-best checkpoint.
+    Evaluation writes the prediction file into ``-o args.expdir`` and prints the score line with
+    ``values[checkpoint name]`` (default ``value``).
+    """
+
+    root: Path
+    total_steps: int = 4
+    save_step: int = 2
+    write_best: bool = True
+    value: float = 0.75
+    values: Dict[str, float] = field(default_factory=dict)
+    fail: Dict[str, int] = field(default_factory=dict)  # mode -> exit code
+    calls: List[Call] = field(default_factory=list)
+
+    def unit_of(self, expdir: Path) -> Tuple[str, Optional[str]]:
+        parts = expdir.relative_to(self.root).parts
+        return parts[0], (parts[1] if parts[0] == "er" else None)
+
+    def __call__(self, cmd: List[str], log_path: Path) -> Tuple[int, str]:
+        args = cmd[cmd.index("lighthubert_s3prl.run_downstream") + 1:]
+        mode = args[args.index("-m") + 1]
+        if mode == "train":
+            text, call = self._train(args)
+        else:
+            text, call = self._evaluate(args)
+        self.calls.append(call)
+        rc = self.fail.get(mode, 0)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(text + f"===== exit code {rc}\n")
+        return rc, text
+
+    def _train(self, args: List[str]) -> Tuple[str, Call]:
+        expdir = Path(args[args.index("-p") + 1])
+        task, _ = self.unit_of(expdir)
+        expdir.mkdir(parents=True, exist_ok=True)
+        saved = [int(p.name[len("states-"):-len(".ckpt")]) for p in expdir.glob("states-*.ckpt")]
+        resumed = f"states-{max(saved)}.ckpt" if saved and "-a" in args else None
+        start = max(saved) if resumed else 0
+        if self.fail.get("train"):
+            return "Traceback: CUDA out of memory\n", Call("train", args, resumed)
+        for step in range(start + self.save_step, self.total_steps + 1, self.save_step):
+            (expdir / f"states-{step}.ckpt").write_bytes(f"{task} step {step}".encode())
+        if self.write_best and task != "asv":
+            (expdir / BEST.get(task, "dev-best.ckpt")).write_bytes(b"best")
+        return f"[Expert] - LightHuBERT small subnet ({PARAMS:,} parameters)\n", Call("train", args, resumed)
+
+    def _evaluate(self, args: List[str]) -> Tuple[str, Call]:
+        ckpt = Path(args[args.index("-e") + 1])
+        outdir = Path(re.fullmatch(r'args\.expdir="(.*)"', args[args.index("-o") + 1]).group(1))
+        task, fold = self.unit_of(ckpt.parent)
+        value = self.values.get(ckpt.name, self.value)
+        if not self.fail.get("evaluate"):
+            outdir.mkdir(parents=True, exist_ok=True)
+            (outdir / PREDICTION[task].format(fold=fold)).write_text(f"utt1 predicted by {ckpt.name}\n")
+        return "noise before\n" + RESULT_LINE[task].format(value) + "\n", Call("evaluate", args)
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch) -> FakeS3prl:
+    recorder = FakeS3prl(tmp_path / "exp")
+    monkeypatch.setattr(SuperbRunner, "_execute", lambda self, cmd, log_path: recorder(cmd, log_path))
+    return recorder
+
+
+def make_runner(root: Path, tasks: Sequence[str], er_folds: Sequence[str] = ("fold1",)) -> SuperbRunner:
+    opts = RunOptions(upstream="lighthubert_local", tasks=list(tasks), data={t: {"root": "/data"} for t in tasks},
+                      exp_root=root, ckpt=CKPT, device="cpu", gpus=0, er_folds=list(er_folds))
+    return SuperbRunner(opts)
+
+
+def unit_of(sr: SuperbRunner, name: str) -> Unit:
+    return next(u for u in sr.units if u.name == name)
+
+
+def train_args(root: Path, task: str, fold: Optional[str] = None) -> List[str]:
+    expdir = root / task / fold if fold else root / task
+    override = f'args.expdir="{expdir}"' + (f',,config.downstream_expert.datarc.test_fold="{fold}"' if fold else "")
+    return ["-m", "train", "-u", "lighthubert_local", "-k", CKPT, "-d", DOWNSTREAM[task],
+            "-c", str(root / "configs" / f"{task}.yaml"), "-p", str(expdir), "-a", "--device", "cpu", "-o", override]
+
+
+def eval_args(ckpt: Path, split: str, outdir: Path) -> List[str]:
+    return ["-m", "evaluate", "-e", str(ckpt), "-t", split, "--device", "cpu", "-o", f'args.expdir="{outdir}"']
+
+
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------
+# the on-disk states of a unit, as s3prl and an earlier runner left them
+
+
+def state_interrupted(expdir: Path, task: str) -> None:
+    expdir.mkdir(parents=True)
+    (expdir / "states-2.ckpt").write_bytes(b"half")  # s3prl saved once, then the process died
+
+
+def state_trained(expdir: Path, task: str) -> None:
+    state_interrupted(expdir, task)
+    (expdir / "states-4.ckpt").write_bytes(b"full")
+    (expdir / BEST.get(task, "dev-best.ckpt")).write_bytes(b"best")
+    (expdir / runner.TRAIN_DONE_FILE).write_text(json.dumps({"params": 123}))
+
+
+def state_tested_without_marker(expdir: Path, task: str) -> None:
+    state_trained(expdir, task)
+    (expdir / PREDICTION[task]).write_text("utt1 old\n")
+    (expdir / runner.RESULT_FILE).write_text(json.dumps({"value": 0.5, "prediction_file": PREDICTION[task]}))
+
+
+def state_done(expdir: Path, task: str) -> None:
+    state_tested_without_marker(expdir, task)
+    (expdir / runner.DONE_FILE).write_text("2026-01-01T00:00:00\n")
+
+
+def state_done_marker_but_result_half_written(expdir: Path, task: str) -> None:
+    state_done(expdir, task)
+    (expdir / runner.RESULT_FILE).write_text('{"value": 0.')
+
+
+STATES = {
+    "nothing": (None, ["train", "evaluate"], None),
+    "interrupted": (state_interrupted, ["train", "evaluate"], "states-2.ckpt"),
+    "trained": (state_trained, ["evaluate"], None),
+    "tested_without_marker": (state_tested_without_marker, ["evaluate"], None),
+    "done_marker_but_result_half_written": (state_done_marker_but_result_half_written, ["evaluate"], None),
+    "done": (state_done, [], None),
+}
+
+
+@pytest.mark.parametrize("state", list(STATES))
+def test_each_state_of_a_unit_leads_to_its_action(state, fake, tmp_path):
+    root = fake.root
+    expdir = root / "ks"
+    prepare, modes, resumed = STATES[state]
+    if prepare:
+        prepare(expdir, "ks")
+    sr = make_runner(root, ["ks"])
+    outcome = sr.run_unit(unit_of(sr, "ks"))
+
+    expected = {"train": Call("train", train_args(root, "ks"), resumed),
+                "evaluate": Call("evaluate", eval_args(expdir / "dev-best.ckpt", "test", expdir))}
+    assert fake.calls == [expected[m] for m in modes]
+    result = json.loads((expdir / runner.RESULT_FILE).read_text())
+    assert (expdir / runner.DONE_FILE).is_file() and not (expdir / runner.LOCK_FILE).exists()
+    if state == "done":  # nothing launched, nothing rewritten
+        assert outcome.status == "skipped" and result["value"] == 0.5
+        return
+    assert outcome.status == "done" and outcome.value == result["value"] == 0.75
+    assert result["percent"] == pytest.approx(75.0) and result["ckpt"] == "dev-best.ckpt"
+    pred = expdir / "test_predict.txt"
+    assert pred.read_text() == "utt1 predicted by dev-best.ckpt\n"  # the new evaluation's, not a stale file
+    assert result["prediction_sha256"] == sha256(pred)
+    marker = json.loads((expdir / runner.TRAIN_DONE_FILE).read_text())
+    if "train" in modes:  # the parameter count comes from this training's output
+        assert marker["params"] == result["params"] == PARAMS and marker["resumed_from"] == resumed
+    else:  # training is not repeated: its marker (and parameter count) stays
+        assert marker == {"params": 123} and result["params"] == 123
+
+
+@pytest.mark.parametrize("task, fold", [("er", "fold2"), ("asr", None), ("pr", None), ("ic", None)])
+def test_fresh_unit_trains_then_tests_its_own_checkpoint_split_and_file(task, fold, fake):
+    root = fake.root
+    sr = make_runner(root, [task], er_folds=["fold2"])
+    name = f"{task}_{fold}" if fold else task
+    expdir = root / task / fold if fold else root / task
+    assert sr.run_unit(unit_of(sr, name)).status == "done"
+    best = expdir / BEST.get(task, "dev-best.ckpt")
+    assert fake.calls == [Call("train", train_args(root, task, fold)),
+                          Call("evaluate", eval_args(best, SPLIT.get(task, "test"), expdir))]
+    result = json.loads((expdir / runner.RESULT_FILE).read_text())
+    pred = PREDICTION[task].format(fold=fold)
+    assert result["prediction_file"] == pred and result["prediction_sha256"] == sha256(expdir / pred)
+    # s3prl prints WER in percent, every other metric as a fraction
+    assert result["percent"] == pytest.approx(0.75 if task == "asr" else 75.0)
+
+
+def test_without_a_dev_best_checkpoint_the_newest_checkpoint_is_tested(fake):
+    """s3prl saves dev-best only once the dev score improves: then the newest states-N is tested,
+    found by step (states-10 is newer than states-4 although it sorts first by name)."""
+    root = fake.root
+    fake.total_steps, fake.save_step, fake.write_best = 10, 2, False
+    expdir = root / "ks"
+    expdir.mkdir(parents=True)
+    (expdir / "states-4.ckpt").write_bytes(b"old")  # resumes after step 4: writes 6, 8, 10
+    sr = make_runner(root, ["ks"])
+    assert sr.run_unit(unit_of(sr, "ks")).status == "done"
+    assert fake.calls == [Call("train", train_args(root, "ks"), "states-4.ckpt"),
+                          Call("evaluate", eval_args(expdir / "states-10.ckpt", "test", expdir))]
+    result = json.loads((expdir / runner.RESULT_FILE).read_text())
+    assert result["ckpt"] == "states-10.ckpt" and "no dev-best.ckpt" in result["note"]
+
+
+def test_asv_sweeps_every_checkpoint_in_step_order_and_keeps_the_best(fake):
+    root = fake.root
+    fake.total_steps, fake.save_step = 10, 2
+    fake.values = {"states-2.ckpt": 0.4, "states-4.ckpt": 0.2, "states-6.ckpt": 0.3, "states-8.ckpt": 0.2,
+                   "states-10.ckpt": 0.25}
+    expdir = root / "asv"
+    sr = make_runner(root, ["asv"])
+    assert sr.run_unit(unit_of(sr, "asv")).status == "done"
+    steps = [2, 4, 6, 8, 10]
+    assert fake.calls == [Call("train", train_args(root, "asv"))] + [
+        Call("evaluate", eval_args(expdir / f"states-{s}.ckpt", "test", expdir / "sweep" / f"states-{s}"))
+        for s in steps]
+    # lowest EER 0.2 at steps 4 and 8: the later (longer trained) checkpoint wins the tie
+    result = json.loads((expdir / runner.RESULT_FILE).read_text())
+    assert (result["value"], result["ckpt"]) == (0.2, "states-8.ckpt")
+    assert (expdir / "test_predict.txt").read_text() == "utt1 predicted by states-8.ckpt\n"
+    sweep = json.loads((expdir / runner.SWEEP_FILE).read_text())
+    assert sweep["eer_by_step"] == {"2": 0.4, "4": 0.2, "6": 0.3, "8": 0.2, "10": 0.25}
+    assert sweep["prediction_sha256"] == result["prediction_sha256"] == sha256(expdir / "test_predict.txt")
+
+    # tested, done marker lost: every checkpoint's evaluation is still valid, so nothing is launched
+    (expdir / runner.DONE_FILE).unlink()
+    fake.calls.clear()
+    assert sr.run_unit(unit_of(sr, "asv")).status == "done" and fake.calls == []
+    assert json.loads((expdir / runner.RESULT_FILE).read_text())["ckpt"] == "states-8.ckpt"
+    # ... unless a checkpoint changed since (a resumed run rewrote it): only that one is evaluated again
+    (expdir / runner.DONE_FILE).unlink()
+    (expdir / "states-6.ckpt").write_bytes(b"rewritten by a longer run")
+    fake.values["states-6.ckpt"] = 0.1
+    assert sr.run_unit(unit_of(sr, "asv")).status == "done"
+    assert fake.calls == [Call("evaluate", eval_args(expdir / "states-6.ckpt", "test", expdir / "sweep" / "states-6"))]
+    assert json.loads((expdir / runner.RESULT_FILE).read_text())["ckpt"] == "states-6.ckpt"
+
+
+def test_failed_training_is_not_tested_and_is_retried(fake):
+    root = fake.root
+    expdir = root / "ks"
+    fake.fail = {"train": 1}
+    sr = make_runner(root, ["ks"])
+    outcome = sr.run_unit(unit_of(sr, "ks"))
+    assert outcome.status == "failed" and [c.mode for c in fake.calls] == ["train"]
+    assert json.loads((expdir / runner.FAILED_FILE).read_text())["stage"] == "train"
+    for name in (runner.TRAIN_DONE_FILE, runner.RESULT_FILE, runner.DONE_FILE, runner.LOCK_FILE):
+        assert not (expdir / name).exists(), name
+    fake.fail, fake.calls = {}, []
+    assert sr.run_unit(unit_of(sr, "ks")).status == "done"
+    assert fake.calls == [Call("train", train_args(root, "ks")),
+                          Call("evaluate", eval_args(expdir / "dev-best.ckpt", "test", expdir))]
+    assert not (expdir / runner.FAILED_FILE).exists()
+
+
+def test_failed_test_keeps_the_training_and_is_retested(fake):
+    root = fake.root
+    expdir = root / "ks"
+    fake.fail = {"evaluate": 1}
+    sr = make_runner(root, ["ks"])
+    assert sr.run_unit(unit_of(sr, "ks")).status == "failed"
+    assert json.loads((expdir / runner.FAILED_FILE).read_text())["stage"] == "test"
+    assert (expdir / runner.TRAIN_DONE_FILE).is_file() and not (expdir / runner.DONE_FILE).exists()
+    fake.fail, fake.calls = {}, []
+    assert sr.run_unit(unit_of(sr, "ks")).status == "done"
+    assert fake.calls == [Call("evaluate", eval_args(expdir / "dev-best.ckpt", "test", expdir))]
+
+
+def test_result_without_a_value_line_is_a_failure_not_a_number(fake, monkeypatch):
+    root = fake.root
+    sr = make_runner(root, ["ks"])
+    monkeypatch.setitem(RESULT_LINE, "ks", "dev acc: {}")  # the test split's line never printed
+    outcome = sr.run_unit(unit_of(sr, "ks"))
+    assert outcome.status == "failed" and "no 'test acc:' line" in outcome.message
+    assert not (root / "ks" / runner.RESULT_FILE).exists() and not (root / "ks" / runner.DONE_FILE).exists()
+
+
+def test_unit_held_by_another_live_runner_is_left_alone(fake):
+    root = fake.root
+    expdir = root / "ks"
+    expdir.mkdir(parents=True)
+    lock = {"pid": os.getppid(), "host": socket.gethostname(), "started": "earlier"}  # a live process, not us
+    (expdir / runner.LOCK_FILE).write_text(json.dumps(lock))
+    sr = make_runner(root, ["ks"])
+    assert sr.run_unit(unit_of(sr, "ks")).status == "busy" and fake.calls == []
+    assert json.loads((expdir / runner.LOCK_FILE).read_text()) == lock
+    # a lock left by a runner that died is taken over
+    lock["pid"] = 2 ** 22 + 12345  # above Linux's pid_max: no such process
+    (expdir / runner.LOCK_FILE).write_text(json.dumps(lock))
+    assert sr.run_unit(unit_of(sr, "ks")).status == "done" and [c.mode for c in fake.calls] == ["train", "evaluate"]
+
+
+def test_whole_run_over_units_in_different_states(fake, monkeypatch):
+    """One run over a root whose units are in different states: configs are rebuilt only for tasks with
+    work left, and every unit gets the action of its own state."""
+    root = fake.root
+    built: List[List[str]] = []
+    monkeypatch.setattr(SuperbRunner, "build_configs", lambda self, tasks: built.append(list(tasks)))
+    state_done(root / "ks", "ks")
+    state_trained(root / "ic", "ic")
+    state_interrupted(root / "er" / "fold2", "er")
+    sr = make_runner(root, ["pr", "ks", "ic", "er", "asr"], er_folds=["fold1", "fold2"])
+    outcomes = sr.run()
+    assert built == [["pr", "ic", "er", "asr"]]
+    assert [(o.unit, o.status) for o in outcomes] == [
+        ("pr", "done"), ("ks", "skipped"), ("ic", "done"), ("er_fold1", "done"), ("er_fold2", "done"), ("asr", "done")]
+    er1, er2 = root / "er" / "fold1", root / "er" / "fold2"
+    assert fake.calls == [
+        Call("train", train_args(root, "pr")),
+        Call("evaluate", eval_args(root / "pr" / "dev-best.ckpt", "test", root / "pr")),
+        Call("evaluate", eval_args(root / "ic" / "dev-best.ckpt", "test", root / "ic")),
+        Call("train", train_args(root, "er", "fold1")), Call("evaluate", eval_args(er1 / "dev-best.ckpt", "test", er1)),
+        Call("train", train_args(root, "er", "fold2"), "states-2.ckpt"),
+        Call("evaluate", eval_args(er2 / "dev-best.ckpt", "test", er2)),
+        Call("train", train_args(root, "asr")),
+        Call("evaluate", eval_args(root / "asr" / "dev-clean-best.ckpt", "test-clean", root / "asr"))]
+    summary = json.loads((root / runner.SUMMARY_JSON).read_text())
+    assert [(u["unit"], u["status"]) for u in summary["units"]] == [(o.unit, o.status) for o in outcomes]
+    # a second run finds everything done: no config, no s3prl process
+    fake.calls.clear()
+    built.clear()
+    again = make_runner(root, ["pr", "ks", "ic", "er", "asr"], er_folds=["fold1", "fold2"]).run()
+    assert {o.status for o in again} == {"skipped"}
+    assert fake.calls == [] and built == [[]]
