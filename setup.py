@@ -52,8 +52,8 @@ setup(
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2"]},
     entry_points={
         "console_scripts": [
-            "lighthubert-s3prl=lighthubert_s3prl.cli:main",
-            "lighthubert-s3prl-downstream=lighthubert_s3prl.run_downstream:main",
+            "lighthubert-s3prl=lighthubert_s3prl.commands.cli:main",
+            "lighthubert-s3prl-downstream=lighthubert_s3prl.upstream.run_downstream:main",
         ]
     },
 )

@@ -1,5 +1,5 @@
 """LightHuBERT for s3prl: any-subnet upstream, SUPERB recipes, compact export and compression training."""
-from .config import (
+from .model.config import (
     SEARCH_SPACES,
     ConfigError,
     ModelConfig,

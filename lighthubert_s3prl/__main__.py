@@ -2,7 +2,7 @@
 scripts folder is not on PATH (as ``python -m s3prl...`` users expect)."""
 import sys
 
-from .cli import main
+from .commands.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(prog="python -m lighthubert_s3prl"))

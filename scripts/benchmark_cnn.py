@@ -23,9 +23,9 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from lighthubert_s3prl.config import ModelConfig  # noqa: E402
-from lighthubert_s3prl.fast_cnn import FoldedConvFeatureExtractor  # noqa: E402
-from lighthubert_s3prl.modules import ConvFeatureExtractor  # noqa: E402
+from lighthubert_s3prl.model.config import ModelConfig  # noqa: E402
+from lighthubert_s3prl.model.fast_cnn import FoldedConvFeatureExtractor  # noqa: E402
+from lighthubert_s3prl.model.modules import ConvFeatureExtractor  # noqa: E402
 
 
 def time_runs(fn: Callable[[], torch.Tensor], repeats: int) -> List[float]:

@@ -71,7 +71,7 @@ def make_batch(n: int, min_s: float, max_s: float, seed: int) -> List[torch.Tens
 
 
 def build_peer(peer: str, ckpt: str, compact: str, subnet_name: str, device: str) -> torch.nn.Module:
-    from lighthubert_s3prl.config import get_preset
+    from lighthubert_s3prl.model.config import get_preset
 
     if peer == "s3prl":
         from s3prl.upstream.lighthubert.expert import UpstreamExpert as BuiltIn
@@ -79,7 +79,7 @@ def build_peer(peer: str, ckpt: str, compact: str, subnet_name: str, device: str
         model = BuiltIn(ckpt)
         model.model.set_sample_config(get_preset(subnet_name).to_dict())
     else:
-        from lighthubert_s3prl.expert import UpstreamExpert
+        from lighthubert_s3prl.upstream.expert import UpstreamExpert
 
         if peer == "supernet":
             model = UpstreamExpert(ckpt, subnet=subnet_name, implementation="supernet")
@@ -143,7 +143,7 @@ def child_main(spec: Dict[str, Any]) -> Dict[str, Any]:
     torch.set_num_threads(spec["threads"])
     device = spec["device"]
     import s3prl.upstream.lighthubert.expert  # noqa: F401  (imports count for every peer alike, not as load)
-    import lighthubert_s3prl.expert  # noqa: F401
+    import lighthubert_s3prl.upstream.expert  # noqa: F401
 
     wavs = [w.to(device) for w in make_batch(spec["batch"], spec["min_s"], spec["max_s"], spec["seed"])]
     gc.collect()
@@ -261,8 +261,8 @@ def _warm_page_cache(path: Path) -> None:
 
 
 def prepare_files(subnet_name: str, args: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
-    from lighthubert_s3prl.checkpoint import write_random_checkpoint
-    from lighthubert_s3prl.export import export_compact
+    from lighthubert_s3prl.model.checkpoint import write_random_checkpoint
+    from lighthubert_s3prl.model.export import export_compact
 
     # which released file a preset comes from: its search space's supernet (stage1 has its own)
     kind = "stage1" if subnet_name == "stage1" else "base" if subnet_name.startswith("base") else "small"
@@ -343,7 +343,7 @@ def time_peers(peers: List[str], spec_base: Dict[str, Any], args: argparse.Names
 
 def bench_subnet(subnet_name: str, args: argparse.Namespace, workdir: Path, wavs: List[torch.Tensor],
                  peers: List[str]) -> Dict[str, Any]:
-    from lighthubert_s3prl.config import count_parameters, get_preset
+    from lighthubert_s3prl.model.config import count_parameters, get_preset
 
     subnet = get_preset(subnet_name)
     files = prepare_files(subnet_name, args, workdir)
@@ -474,8 +474,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.quick:
         args.subnets, args.batch, args.min_seconds, args.max_seconds = "small", 2, 1.0, 2.0
         args.repeats, args.warmup, args.extra_dtypes = 1, 0, ""
-    from lighthubert_s3prl.config import ConfigError, get_preset
     from lighthubert_s3prl.io_utils import atomic_write_text
+    from lighthubert_s3prl.model.config import ConfigError, get_preset
 
     subnets = [s.strip() for s in args.subnets.split(",") if s.strip()]
     errors = []

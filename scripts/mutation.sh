@@ -10,7 +10,7 @@ usage: scripts/mutation.sh [--max-children N] [--fresh] [PATTERN ...]
 Mutates the modules listed under [mutmut] only_mutate in setup.cfg (subnet configs and budget search,
 collect, package, the SUPERB score, the runner's state logic, task configs, distillation losses, subnet
 search) and runs the fast tests listed there against every mutant. PATTERN limits the run to mutants
-whose names match (mutmut's names: MODULE.x_FUNCTION__mutmut_N, e.g. "lighthubert_s3prl.config.*").
+whose names match (mutmut's names: MODULE.x_FUNCTION__mutmut_N, e.g. "lighthubert_s3prl.model.config.*").
 
   --max-children N   parallel mutant runs (default: the CPUs available)
   --fresh            forget earlier results (mutants/ is otherwise reused: an interrupted run resumes

@@ -11,7 +11,7 @@ os.environ.setdefault("LIGHTHUBERT_S3PRL_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-from lighthubert_s3prl.checkpoint import tiny_model_config, write_random_checkpoint  # noqa: E402
+from lighthubert_s3prl.model.checkpoint import tiny_model_config, write_random_checkpoint  # noqa: E402
 
 
 def pytest_configure(config):

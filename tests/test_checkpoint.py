@@ -10,7 +10,7 @@ from typing import Callable, Dict, Iterator, Tuple
 import pytest
 import torch
 
-from lighthubert_s3prl.checkpoint import (
+from lighthubert_s3prl.model.checkpoint import (
     IGNORED_KEYS,
     CheckpointError,
     build_supernet,
@@ -20,9 +20,9 @@ from lighthubert_s3prl.checkpoint import (
     tiny_model_config,
     write_random_checkpoint,
 )
-from lighthubert_s3prl.config import SubnetConfig, get_preset
-from lighthubert_s3prl.expert import prepare_batch
-from lighthubert_s3prl.supernet import LightHuBERTSupernet
+from lighthubert_s3prl.model.config import SubnetConfig, get_preset
+from lighthubert_s3prl.model.supernet import LightHuBERTSupernet
+from lighthubert_s3prl.upstream.expert import prepare_batch
 
 from .conftest import make_wavs
 from .numerics import assert_hidden_states_close, longest_reduction

@@ -13,8 +13,8 @@ from typing import Dict, Optional
 import pytest
 import yaml
 
-from lighthubert_s3prl.cli import main as cli_main
-from lighthubert_s3prl.superb import collect, package, reference, runner
+from lighthubert_s3prl.commands.cli import main as cli_main
+from lighthubert_s3prl.superb import collect, package, reference, units
 
 DOWNSTREAM = {"pr": "ctc", "ks": "speech_commands", "ic": "fluent_commands", "sid": "voxceleb1", "er": "emotion",
               "asr": "asr", "asv": "sv_voxceleb1"}
@@ -42,7 +42,7 @@ def _s3prl_files(expdir: Path, task: str, fold: Optional[str] = None, total: int
 def fake_unit(root: Path, task: str, value: float, fold: Optional[str] = None, lines: int = 3,
               params: int = 2_520_064) -> Path:
     """A unit the runner finished: s3prl files + predictions + runner result and done marker."""
-    expdir = runner.unit_expdir(root, task, fold)
+    expdir = units.unit_expdir(root, task, fold)
     _s3prl_files(expdir, task, fold)
     if task == "er":
         name, line = f"test_{fold}_predict.txt", "Ses0{i}F_impro01_F000 neu"
@@ -52,16 +52,16 @@ def fake_unit(root: Path, task: str, value: float, fold: Optional[str] = None, l
         (expdir / TRUTH[task]).write_text("".join(f"t{i} x\n" for i in range(lines)))
     pred = expdir / name
     pred.write_text("".join(line.format(i=i) + "\n" for i in range(lines)))
-    result = {"task": task, "fold": fold, "value": value, "percent": runner.to_percent(task, value),
+    result = {"task": task, "fold": fold, "value": value, "percent": units.to_percent(task, value),
               "split": "test-clean" if task == "asr" else "test", "ckpt": "dev-best.ckpt", "prediction_file": name,
-              "prediction_sha256": runner.sha256_of(pred), "params": params}
+              "prediction_sha256": units.sha256_of(pred), "params": params}
     if task == "asv":
         result["ckpt"] = "states-10.ckpt"
-        runner.write_json(expdir / runner.SWEEP_FILE, {"best_ckpt": "states-10.ckpt",
-                                                       "prediction_sha256": runner.sha256_of(pred)})
-    runner.write_json(expdir / runner.RESULT_FILE, result)
-    (expdir / runner.DONE_FILE).write_text("done\n")
-    (expdir / runner.TRAIN_DONE_FILE).write_text("{}")
+        units.write_json(expdir / units.SWEEP_FILE, {"best_ckpt": "states-10.ckpt",
+                                                       "prediction_sha256": units.sha256_of(pred)})
+    units.write_json(expdir / units.RESULT_FILE, result)
+    (expdir / units.DONE_FILE).write_text("done\n")
+    (expdir / units.TRAIN_DONE_FILE).write_text("{}")
     return expdir
 
 
@@ -74,8 +74,8 @@ def full_root(tmp_path) -> Path:
     """An experiment root with all seven tasks finished (ER: five folds)."""
     root = tmp_path / "exp"
     root.mkdir()
-    runner.write_json(root / runner.MANIFEST_NAME, {"upstream": "lighthubert_local", "ckpt": "/x/tiny.pt",
-                                                    "subnet": None, "scale": "ci", "tasks": list(runner.TASK_ORDER)})
+    units.write_json(root / units.MANIFEST_NAME, {"upstream": "lighthubert_local", "ckpt": "/x/tiny.pt",
+                                                    "subnet": None, "scale": "ci", "tasks": list(units.TASK_ORDER)})
     for task, value in VALUES.items():
         fake_unit(root, task, value)
     for fold, value in ER_VALUES.items():
@@ -165,15 +165,15 @@ def test_collect_shows_unfinished_work_by_status(full_root, tmp_path):
     import shutil
 
     shutil.rmtree(full_root / "er" / "fold3")  # an ER fold missing
-    (full_root / "ks" / runner.DONE_FILE).unlink()  # trained, test result not recorded
-    (full_root / "ks" / runner.RESULT_FILE).unlink()
+    (full_root / "ks" / units.DONE_FILE).unlink()  # trained, test result not recorded
+    (full_root / "ks" / units.RESULT_FILE).unlink()
     shutil.rmtree(full_root / "ic")  # never started
     sid = full_root / "sid"  # interrupted training: checkpoints, no markers
-    for name in (runner.DONE_FILE, runner.RESULT_FILE, runner.TRAIN_DONE_FILE):
+    for name in (units.DONE_FILE, units.RESULT_FILE, units.TRAIN_DONE_FILE):
         (sid / name).unlink()
     (sid / "states-10.ckpt").rename(sid / "states-5.ckpt")
-    (full_root / "asr" / runner.DONE_FILE).unlink()
-    runner.write_json(full_root / "asr" / runner.FAILED_FILE, {"stage": "test", "message": "s3prl exited with code 1"})
+    (full_root / "asr" / units.DONE_FILE).unlink()
+    units.write_json(full_root / "asr" / units.FAILED_FILE, {"stage": "test", "message": "s3prl exited with code 1"})
     table = collect.collect([full_root])
     row = table.rows[0]
     shown = {t: row.tasks[t].display for t in reference.OUR_TASKS}
@@ -189,8 +189,8 @@ def test_collect_running_unit_is_running(full_root):
     import os
     import socket
 
-    (full_root / "ks" / runner.DONE_FILE).unlink()
-    runner.write_json(full_root / "ks" / runner.LOCK_FILE, {"pid": os.getpid(), "host": socket.gethostname()})
+    (full_root / "ks" / units.DONE_FILE).unlink()
+    units.write_json(full_root / "ks" / units.LOCK_FILE, {"pid": os.getpid(), "host": socket.gethostname()})
     assert collect.collect([full_root]).rows[0].tasks["ks"].display == "running"
 
 
@@ -252,7 +252,7 @@ def test_checkpoints_are_ordered_by_step_not_by_name(tmp_path):
     for name in ("states-10.ckpt", "states-100.ckpt", "states-9.ckpt", "states-4.ckpt", "dev-best.ckpt",
                  "states-3.ckpt.tmp", "states-x.ckpt"):
         (tmp_path / name).write_bytes(b"")
-    assert runner.states_checkpoints(tmp_path) == [(4, tmp_path / "states-4.ckpt"), (9, tmp_path / "states-9.ckpt"),
+    assert units.states_checkpoints(tmp_path) == [(4, tmp_path / "states-4.ckpt"), (9, tmp_path / "states-9.ckpt"),
                                                    (10, tmp_path / "states-10.ckpt"),
                                                    (100, tmp_path / "states-100.ckpt")]
     # collect: training to step 12 is finished, the newest checkpoint being states-12, not states-8
@@ -326,14 +326,14 @@ def test_package_refuses_incomplete_or_broken(full_root, tmp_path, capsys, break
     if breakage == "er_fold_missing":
         shutil.rmtree(full_root / "er" / "fold2")
     elif breakage == "unfinished_task":
-        (full_root / "sid" / runner.DONE_FILE).unlink()
+        (full_root / "sid" / units.DONE_FILE).unlink()
     elif breakage == "empty_prediction":
         (full_root / "ks" / "test_predict.txt").write_text("")
     elif breakage == "fewer_predictions":
         pred = full_root / "ks" / "test_predict.txt"
         pred.write_text("".join(pred.read_text().splitlines(keepends=True)[:2]))
     elif breakage == "asv_unswept":
-        (full_root / "asv" / runner.SWEEP_FILE).unlink()
+        (full_root / "asv" / units.SWEEP_FILE).unlink()
     elif breakage == "changed_after_test":
         pred = full_root / "sid" / "test_predict.txt"
         pred.write_text(pred.read_text().replace("id10002", "id10003"))
@@ -365,9 +365,9 @@ def test_package_refuses_a_duplicated_utterance_id(full_root, tmp_path, capsys, 
     expdir = full_root / unit
     pred = expdir / name
     pred.write_text("".join(line + "\n" for line in lines))
-    result = json.loads((expdir / runner.RESULT_FILE).read_text())
+    result = json.loads((expdir / units.RESULT_FILE).read_text())
     result["prediction_sha256"] = hashlib.sha256(pred.read_bytes()).hexdigest()
-    (expdir / runner.RESULT_FILE).write_text(json.dumps(result))
+    (expdir / units.RESULT_FILE).write_text(json.dumps(result))
     line, utterance = repeat
     out = tmp_path / "predict.zip"
     assert cli_main(["package", "public", "--from", str(full_root), "-o", str(out)]) == 2
@@ -497,7 +497,7 @@ def test_package_hidden_bad_checkpoint(tmp_path, capsys):
 
 def test_package_hidden_end_to_end(tmp_path):
     """With the export module present: a tiny checkpoint's subnet becomes a folder that loads on its own."""
-    from lighthubert_s3prl.checkpoint import tiny_model_config, write_random_checkpoint
+    from lighthubert_s3prl.model.checkpoint import tiny_model_config, write_random_checkpoint
 
     ckpt = write_random_checkpoint(tmp_path / "tiny.pt", "small", seed=3, model_cfg=tiny_model_config())
     subnet = tmp_path / "subnet.yaml"

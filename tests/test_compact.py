@@ -12,19 +12,19 @@ import weakref
 import pytest
 import torch
 
-from lighthubert_s3prl.checkpoint import CheckpointError, build_supernet, load_checkpoint, save_checkpoint, tiny_model_config
-from lighthubert_s3prl.compact import (
+from lighthubert_s3prl.model.checkpoint import CheckpointError, build_supernet, load_checkpoint, save_checkpoint, tiny_model_config
+from lighthubert_s3prl.model.compact import (
     CompactLightHuBERT,
     build_compact,
     compact_payload,
     slice_state_dict,
     slice_supernet_state,
 )
-from lighthubert_s3prl.config import ConfigError, SubnetConfig, count_parameters, get_preset, resolve_subnet
-from lighthubert_s3prl.expert import prepare_batch
-from lighthubert_s3prl.fast_cnn import FoldedConvFeatureExtractor
-from lighthubert_s3prl.modules import ConvFeatureExtractor, conv_output_lengths
-from lighthubert_s3prl.supernet import LightHuBERTSupernet
+from lighthubert_s3prl.model.config import ConfigError, SubnetConfig, count_parameters, get_preset, resolve_subnet
+from lighthubert_s3prl.model.fast_cnn import FoldedConvFeatureExtractor
+from lighthubert_s3prl.model.modules import ConvFeatureExtractor, conv_output_lengths
+from lighthubert_s3prl.model.supernet import LightHuBERTSupernet
+from lighthubert_s3prl.upstream.expert import prepare_batch
 
 from .conftest import make_wavs
 from .numerics import assert_float32_close, assert_hidden_states_close, longest_reduction

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from lighthubert_s3prl.config import (
+from lighthubert_s3prl.model.config import (
     SEARCH_SPACES,
     ConfigError,
     ModelConfig,

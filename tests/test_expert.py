@@ -4,10 +4,10 @@ from typing import Any, Callable, Dict, Set, Tuple
 import pytest
 import torch
 
-from lighthubert_s3prl import hubconf
-from lighthubert_s3prl.checkpoint import CheckpointError
-from lighthubert_s3prl.config import ConfigError, get_preset
-from lighthubert_s3prl.expert import UpstreamExpert
+from lighthubert_s3prl.model.checkpoint import CheckpointError
+from lighthubert_s3prl.model.config import ConfigError, get_preset
+from lighthubert_s3prl.upstream import hubconf
+from lighthubert_s3prl.upstream.expert import UpstreamExpert
 
 from .conftest import make_wavs
 from .numerics import assert_hidden_states_close, longest_reduction
@@ -200,7 +200,7 @@ def test_official_entries_offline_say_where_to_put_the_file(tmp_path, monkeypatc
 def test_launcher_registers_names_in_s3prl_hub():
     import s3prl.hub as hub
 
-    from lighthubert_s3prl.run_downstream import _normalise_distributed_args, register
+    from lighthubert_s3prl.upstream.run_downstream import _normalise_distributed_args, register
 
     names = register()
     assert set(names) >= {"lighthubert_small", "lighthubert_base", "lighthubert_stage1", "lighthubert_local",

@@ -12,16 +12,19 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from lighthubert_s3prl import hubconf
-from lighthubert_s3prl.checkpoint import load_checkpoint, tiny_model_config
-from lighthubert_s3prl.compact import CompactLightHuBERT
-from lighthubert_s3prl.config import ModelConfig, SubnetConfig, count_parameters, get_preset, resolve_subnet
-from lighthubert_s3prl.expert import UpstreamExpert
-from lighthubert_s3prl.export import ExportError, export_compact, main as export_main, write_hidden_set_folder
-from lighthubert_s3prl import profile as profile_module
-from lighthubert_s3prl.profile import analytic_macs, macs_breakdown, main as profile_main, measure_rtf
+from lighthubert_s3prl.commands import profile as profile_module
+from lighthubert_s3prl.commands.export import main as export_main
+from lighthubert_s3prl.commands.profile import main as profile_main, measure_rtf
+from lighthubert_s3prl.model.checkpoint import load_checkpoint, tiny_model_config
+from lighthubert_s3prl.model.compact import CompactLightHuBERT
+from lighthubert_s3prl.model.config import ModelConfig, SubnetConfig, count_parameters, get_preset, resolve_subnet
+from lighthubert_s3prl.model.cost import analytic_macs, macs_breakdown
+from lighthubert_s3prl.model.export import ExportError, export_compact
+from lighthubert_s3prl.model.supernet import LightHuBERTSupernet
 from lighthubert_s3prl.superb.package import HIDDEN_TASKS, validate_hidden_folder
-from lighthubert_s3prl.supernet import LightHuBERTSupernet
+from lighthubert_s3prl.upstream import hubconf
+from lighthubert_s3prl.upstream.expert import UpstreamExpert
+from lighthubert_s3prl.upstream.hidden_set import write_hidden_set_folder
 
 from .conftest import make_wavs
 from .numerics import assert_hidden_states_close, longest_reduction

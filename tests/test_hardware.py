@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from lighthubert_s3prl import hardware
-from lighthubert_s3prl.checkpoint import tiny_model_config
-from lighthubert_s3prl.compact import CompactLightHuBERT
-from lighthubert_s3prl.config import SubnetConfig
-from lighthubert_s3prl.expert import UpstreamExpert
-from lighthubert_s3prl.supernet import LightHuBERTSupernet
+from lighthubert_s3prl.model.checkpoint import tiny_model_config
+from lighthubert_s3prl.model.compact import CompactLightHuBERT
+from lighthubert_s3prl.model.config import SubnetConfig
+from lighthubert_s3prl.model.supernet import LightHuBERTSupernet
+from lighthubert_s3prl.upstream.expert import UpstreamExpert
 
 from .conftest import make_wavs
 

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import pytest
 import torch
 
-from lighthubert_s3prl.config import ConfigError
+from lighthubert_s3prl.model.config import ConfigError
 from lighthubert_s3prl.superb import reference
 from lighthubert_s3prl.superb.reference import ScoreError
 from lighthubert_s3prl.training.losses import (

@@ -11,10 +11,10 @@ import copy
 import pytest
 import torch
 
-from lighthubert_s3prl.checkpoint import build_supernet
-from lighthubert_s3prl.compact import CompactLightHuBERT, slice_supernet_state
-from lighthubert_s3prl.config import get_preset, resolve_subnet
-from lighthubert_s3prl.expert import prepare_batch
+from lighthubert_s3prl.model.checkpoint import build_supernet
+from lighthubert_s3prl.model.compact import CompactLightHuBERT, slice_supernet_state
+from lighthubert_s3prl.model.config import get_preset, resolve_subnet
+from lighthubert_s3prl.upstream.expert import prepare_batch
 
 from .conftest import make_wavs
 from .numerics import SAFETY, assert_hidden_states_close, float32_atol, longest_reduction, worst_error_ratio
@@ -32,7 +32,7 @@ def batch():
 @pytest.fixture(scope="module")
 def exact_supernet(small_ckpt):
     """The same weights computing in float64: the 'exact' answer float32 is measured against."""
-    from lighthubert_s3prl.checkpoint import load_checkpoint
+    from lighthubert_s3prl.model.checkpoint import load_checkpoint
 
     return build_supernet(load_checkpoint(small_ckpt)).double().eval()
 
@@ -48,7 +48,7 @@ def test_float32_error_model_bounds_the_measured_error(spec, small_ckpt, exact_s
     Two float32 computations then differ by at most 2C < SAFETY: the tolerance holds on this CPU and
     under whatever ATen/oneDNN kernel dispatch the run forces (CI repeats this under a forced capability).
     """
-    from lighthubert_s3prl.checkpoint import load_checkpoint
+    from lighthubert_s3prl.model.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(small_ckpt)
     subnet = resolve_subnet(spec)
@@ -97,7 +97,7 @@ def _corruptions():
 
 @pytest.mark.parametrize("corrupt", _corruptions(), ids=lambda f: f.__name__)
 def test_tolerance_still_catches_a_corrupted_weight(corrupt, small_ckpt, batch):
-    from lighthubert_s3prl.checkpoint import load_checkpoint
+    from lighthubert_s3prl.model.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(small_ckpt)
     subnet = get_preset("small")

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from lighthubert_s3prl.checkpoint import build_supernet, load_checkpoint
-from lighthubert_s3prl.compact import CompactLightHuBERT
-from lighthubert_s3prl.config import SEARCH_SPACES, get_preset
-from lighthubert_s3prl.expert import UpstreamExpert, prepare_batch
+from lighthubert_s3prl.model.checkpoint import build_supernet, load_checkpoint
+from lighthubert_s3prl.model.compact import CompactLightHuBERT
+from lighthubert_s3prl.model.config import SEARCH_SPACES, get_preset
+from lighthubert_s3prl.upstream.expert import UpstreamExpert, prepare_batch
 
 from .conftest import make_wavs
 from .numerics import assert_hidden_states_close, longest_reduction
@@ -49,7 +49,7 @@ def batch():
 
 
 def test_subnet_list_covers_depths():
-    from lighthubert_s3prl.config import resolve_subnet
+    from lighthubert_s3prl.model.config import resolve_subnet
 
     depths = {resolve_subnet(s).layer_num for s in SUBNETS}
     assert {10, 11, 12} <= depths and len([s for s in SUBNETS if s.startswith("random:")]) >= 5
@@ -57,7 +57,7 @@ def test_subnet_list_covers_depths():
 
 @pytest.mark.parametrize("spec", SUBNETS)
 def test_hidden_states_match_reference(spec, reference, supernet, batch):
-    from lighthubert_s3prl.config import resolve_subnet
+    from lighthubert_s3prl.model.config import resolve_subnet
 
     subnet = resolve_subnet(spec)
     reference.model.set_sample_config(subnet.to_dict())
@@ -95,8 +95,8 @@ def test_other_layouts_match_reference(extractor_mode, layer_norm_first, tmp_pat
     """Both CNN norm layouts and the pre-LN encoder variant, on a tiny supernet and a mixed-size subnet."""
     from s3prl.upstream.lighthubert.expert import UpstreamExpert as ReferenceExpert
 
-    from lighthubert_s3prl.checkpoint import tiny_model_config, write_random_checkpoint
-    from lighthubert_s3prl.config import SubnetConfig
+    from lighthubert_s3prl.model.checkpoint import tiny_model_config, write_random_checkpoint
+    from lighthubert_s3prl.model.config import SubnetConfig
 
     cfg = tiny_model_config(extractor_mode=extractor_mode, layer_norm_first=layer_norm_first)
     path = write_random_checkpoint(tmp_path / "tiny.pt", "small", seed=4, model_cfg=cfg)

@@ -15,8 +15,8 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import pytest
 
-from lighthubert_s3prl import subnet_cli
-from lighthubert_s3prl.config import (
+from lighthubert_s3prl.commands import subnet as subnet_cli
+from lighthubert_s3prl.model.config import (
     SEARCH_SPACES,
     ConfigError,
     ModelConfig,

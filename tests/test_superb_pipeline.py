@@ -18,8 +18,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from lighthubert_s3prl.cli import main as cli_main
-from lighthubert_s3prl.superb import runner
+from lighthubert_s3prl.commands.cli import main as cli_main
+from lighthubert_s3prl.superb import report, runner, units
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "run_superb.sh"
@@ -41,7 +41,7 @@ def superb_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def superb_ckpt(tmp_path_factory) -> Path:
-    from lighthubert_s3prl.checkpoint import tiny_model_config, write_random_checkpoint
+    from lighthubert_s3prl.model.checkpoint import tiny_model_config, write_random_checkpoint
 
     return write_random_checkpoint(tmp_path_factory.mktemp("superb_ckpt") / "tiny.pt", "small", seed=0,
                                    model_cfg=tiny_model_config())
@@ -85,26 +85,26 @@ def _units(root: Path):
 def test_every_task_trains_and_tests(pipeline):
     root = pipeline.root
     for name, expdir in _units(root).items():
-        assert (expdir / runner.DONE_FILE).is_file(), name
-        result = json.loads((expdir / runner.RESULT_FILE).read_text())
+        assert (expdir / units.DONE_FILE).is_file(), name
+        result = json.loads((expdir / units.RESULT_FILE).read_text())
         pred = expdir / result["prediction_file"]
         assert pred.is_file() and pred.stat().st_size > 0, name
-        assert result["prediction_sha256"] == runner.sha256_of(pred)
+        assert result["prediction_sha256"] == units.sha256_of(pred)
         assert result["params"] == 2_520_064  # the tiny checkpoint's subnet, read from the training log
         assert (root / "logs" / f"{name}.train.log").is_file()
-        assert result["percent"] == pytest.approx(runner.to_percent(result["task"], result["value"]))
-    results = {n: json.loads((d / runner.RESULT_FILE).read_text()) for n, d in _units(root).items()}
+        assert result["percent"] == pytest.approx(units.to_percent(result["task"], result["value"]))
+    results = {n: json.loads((d / units.RESULT_FILE).read_text()) for n, d in _units(root).items()}
     assert results["asr"]["split"] == "test-clean" and results["asr"]["prediction_file"] == "test-clean-noLM-hyp.ark"
     for fold in range(1, 6):  # each ER fold really tested its own session
         assert results[f"er_fold{fold}"]["prediction_file"] == f"test_fold{fold}_predict.txt"
         assert (root / "er" / f"fold{fold}" / f"test_fold{fold}_predict.txt").read_text().startswith(f"Ses0{fold}")
     # ASV: both saved checkpoints were evaluated on the test trials and the best EER's predictions kept
-    sweep = json.loads((root / "asv" / runner.SWEEP_FILE).read_text())
+    sweep = json.loads((root / "asv" / units.SWEEP_FILE).read_text())
     assert sorted(sweep["eer_by_step"]) == ["2", "4"]
     assert sweep["best_eer"] == min(sweep["eer_by_step"].values()) == results["asv"]["value"]
     chosen = root / "asv" / "sweep" / f"states-{sweep['best_step']}" / "test_predict.txt"
     assert chosen.read_bytes() == (root / "asv" / "test_predict.txt").read_bytes()
-    summary = json.loads((root / runner.SUMMARY_JSON).read_text())
+    summary = json.loads((root / report.SUMMARY_JSON).read_text())
     assert [(u["unit"], u["status"]) for u in summary["units"]] == [(n, "done") for n in ALL_UNITS]
     assert "units: 11 done" in pipeline.output and "lighthubert-s3prl collect" in pipeline.output
     print(f"\n7 tasks / 11 units trained and tested in {pipeline.seconds:.0f} s")
@@ -119,9 +119,9 @@ def test_collect_builds_the_table(pipeline, tmp_path):
     for task in ("pr", "ks", "ic", "sid", "er", "asr", "asv"):
         cell = ours["tasks"][task]
         assert cell["status"] == "done" and isinstance(cell["percent"], float), (task, cell)
-    ks = json.loads((pipeline.root / "ks" / runner.RESULT_FILE).read_text())
+    ks = json.loads((pipeline.root / "ks" / units.RESULT_FILE).read_text())
     assert ours["tasks"]["ks"]["percent"] == pytest.approx(100 * ks["value"])
-    folds = [json.loads((pipeline.root / "er" / f"fold{i}" / runner.RESULT_FILE).read_text())["percent"]
+    folds = [json.loads((pipeline.root / "er" / f"fold{i}" / units.RESULT_FILE).read_text())["percent"]
              for i in range(1, 6)]
     assert ours["tasks"]["er"]["percent"] == pytest.approx(sum(folds) / 5)
     assert data["score_tasks"] == ["pr", "ks", "ic", "sid", "er", "asr", "asv"] and ours["superb_score"] is not None
@@ -169,7 +169,7 @@ def test_rerun_skips_finished_units(pipeline):
     assert "training (log" not in out and "testing" not in out and "units: 11 skipped" in out
     assert {p: p.stat().st_mtime_ns for p in pipeline.root.rglob("*.ckpt")} == stamps  # no new training
     assert {p: p.stat().st_size for p in (pipeline.root / "logs").iterdir()} == logs
-    summary = json.loads((pipeline.root / runner.SUMMARY_JSON).read_text())
+    summary = json.loads((pipeline.root / report.SUMMARY_JSON).read_text())
     assert {u["status"] for u in summary["units"]} == {"skipped"}
 
 
@@ -177,7 +177,7 @@ def test_interrupted_training_resumes_from_latest_checkpoint(pipeline, tmp_path)
     """A unit whose training stopped after saving states-4.ckpt continues with s3prl -a, in a moved root."""
     moved = tmp_path / "moved"
     shutil.copytree(pipeline.root, moved)
-    for name in (runner.DONE_FILE, runner.RESULT_FILE, runner.TRAIN_DONE_FILE):
+    for name in (units.DONE_FILE, units.RESULT_FILE, units.TRAIN_DONE_FILE):
         (moved / "ks" / name).unlink()
     args = base_args(pipeline.ckpt, pipeline.corpus, moved, tasks="ks")
     out = _check(run_script(args))
@@ -185,8 +185,8 @@ def test_interrupted_training_resumes_from_latest_checkpoint(pipeline, tmp_path)
     log = (moved / "logs" / "ks.train.log").read_text(errors="replace")
     last_run = log.rsplit("=====", 2)[-2]
     assert f"Resume from {moved / 'ks' / 'states-4.ckpt'}" in last_run
-    result = json.loads((moved / "ks" / runner.RESULT_FILE).read_text())
-    assert result["test_log"].startswith(str(moved)) and (moved / "ks" / runner.DONE_FILE).is_file()
+    result = json.loads((moved / "ks" / units.RESULT_FILE).read_text())
+    assert result["test_log"].startswith(str(moved)) and (moved / "ks" / units.DONE_FILE).is_file()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -303,7 +303,7 @@ def test_quickstart_runs_and_resumes(superb_corpus, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| **LightHuBERT tiny (random, quickstart)** | 2.52 |" in out
     assert (work / "checkpoints" / "lighthubert_tiny_seed0.pt").is_file()
-    assert (work / "results" / "superb_results.md").is_file() and (work / "exp" / "ks" / runner.DONE_FILE).is_file()
+    assert (work / "results" / "superb_results.md").is_file() and (work / "exp" / "ks" / units.DONE_FILE).is_file()
     for where in ("corpus ", "checkpoint ", "runs ", "markdown ", "submission "):
         assert where in out
     assert quickstart.main(argv) == 0  # everything is reused

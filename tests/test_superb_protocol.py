@@ -146,7 +146,7 @@ def test_gpus_that_do_not_divide_the_accumulation_are_refused(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def base_width_ckpt(tmp_path_factory) -> Path:
     """A one-layer supernet 640 wide (base's width) whose own subnet is that width."""
-    from lighthubert_s3prl.checkpoint import tiny_model_config, write_random_checkpoint
+    from lighthubert_s3prl.model.checkpoint import tiny_model_config, write_random_checkpoint
 
     cfg = tiny_model_config(encoder_embed_dim=640, encoder_ffn_embed_dim=640, encoder_attention_heads=10,
                             encoder_layers=1, layer_pred_num="0", teacher_embed_dim=640)
@@ -155,7 +155,7 @@ def base_width_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def narrow_ckpt(tmp_path_factory) -> Path:
-    from lighthubert_s3prl.checkpoint import tiny_model_config, write_random_checkpoint
+    from lighthubert_s3prl.model.checkpoint import tiny_model_config, write_random_checkpoint
 
     return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "narrow.pt", "small", seed=0,
                                    model_cfg=tiny_model_config())

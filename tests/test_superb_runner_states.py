@@ -21,8 +21,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-from lighthubert_s3prl.superb import runner
-from lighthubert_s3prl.superb.runner import RunOptions, SuperbRunner, Unit
+from lighthubert_s3prl.superb import report, units
+from lighthubert_s3prl.superb.options import RunOptions
+from lighthubert_s3prl.superb.runner import SuperbRunner
+from lighthubert_s3prl.superb.units import Unit
 
 CKPT = "/models/tiny.pt"
 DOWNSTREAM = {"pr": "ctc", "ks": "speech_commands", "ic": "fluent_commands", "sid": "voxceleb1", "er": "emotion",
@@ -154,23 +156,23 @@ def state_trained(expdir: Path, task: str) -> None:
     state_interrupted(expdir, task)
     (expdir / "states-4.ckpt").write_bytes(b"full")
     (expdir / BEST.get(task, "dev-best.ckpt")).write_bytes(b"best")
-    (expdir / runner.TRAIN_DONE_FILE).write_text(json.dumps({"params": 123}))
+    (expdir / units.TRAIN_DONE_FILE).write_text(json.dumps({"params": 123}))
 
 
 def state_tested_without_marker(expdir: Path, task: str) -> None:
     state_trained(expdir, task)
     (expdir / PREDICTION[task]).write_text("utt1 old\n")
-    (expdir / runner.RESULT_FILE).write_text(json.dumps({"value": 0.5, "prediction_file": PREDICTION[task]}))
+    (expdir / units.RESULT_FILE).write_text(json.dumps({"value": 0.5, "prediction_file": PREDICTION[task]}))
 
 
 def state_done(expdir: Path, task: str) -> None:
     state_tested_without_marker(expdir, task)
-    (expdir / runner.DONE_FILE).write_text("2026-01-01T00:00:00\n")
+    (expdir / units.DONE_FILE).write_text("2026-01-01T00:00:00\n")
 
 
 def state_done_marker_but_result_half_written(expdir: Path, task: str) -> None:
     state_done(expdir, task)
-    (expdir / runner.RESULT_FILE).write_text('{"value": 0.')
+    (expdir / units.RESULT_FILE).write_text('{"value": 0.')
 
 
 STATES = {
@@ -196,8 +198,8 @@ def test_each_state_of_a_unit_leads_to_its_action(state, fake, tmp_path):
     expected = {"train": Call("train", train_args(root, "ks"), resumed),
                 "evaluate": Call("evaluate", eval_args(expdir / "dev-best.ckpt", "test", expdir))}
     assert fake.calls == [expected[m] for m in modes]
-    result = json.loads((expdir / runner.RESULT_FILE).read_text())
-    assert (expdir / runner.DONE_FILE).is_file() and not (expdir / runner.LOCK_FILE).exists()
+    result = json.loads((expdir / units.RESULT_FILE).read_text())
+    assert (expdir / units.DONE_FILE).is_file() and not (expdir / units.LOCK_FILE).exists()
     if state == "done":  # nothing launched, nothing rewritten
         assert outcome.status == "skipped" and result["value"] == 0.5
         return
@@ -206,7 +208,7 @@ def test_each_state_of_a_unit_leads_to_its_action(state, fake, tmp_path):
     pred = expdir / "test_predict.txt"
     assert pred.read_text() == "utt1 predicted by dev-best.ckpt\n"  # the new evaluation's, not a stale file
     assert result["prediction_sha256"] == sha256(pred)
-    marker = json.loads((expdir / runner.TRAIN_DONE_FILE).read_text())
+    marker = json.loads((expdir / units.TRAIN_DONE_FILE).read_text())
     if "train" in modes:  # the parameter count comes from this training's output
         assert marker["params"] == result["params"] == PARAMS and marker["resumed_from"] == resumed
     else:  # training is not repeated: its marker (and parameter count) stays
@@ -223,7 +225,7 @@ def test_fresh_unit_trains_then_tests_its_own_checkpoint_split_and_file(task, fo
     best = expdir / BEST.get(task, "dev-best.ckpt")
     assert fake.calls == [Call("train", train_args(root, task, fold)),
                           Call("evaluate", eval_args(best, SPLIT.get(task, "test"), expdir))]
-    result = json.loads((expdir / runner.RESULT_FILE).read_text())
+    result = json.loads((expdir / units.RESULT_FILE).read_text())
     pred = PREDICTION[task].format(fold=fold)
     assert result["prediction_file"] == pred and result["prediction_sha256"] == sha256(expdir / pred)
     # s3prl prints WER in percent, every other metric as a fraction
@@ -242,7 +244,7 @@ def test_without_a_dev_best_checkpoint_the_newest_checkpoint_is_tested(fake):
     assert sr.run_unit(unit_of(sr, "ks")).status == "done"
     assert fake.calls == [Call("train", train_args(root, "ks"), "states-4.ckpt"),
                           Call("evaluate", eval_args(expdir / "states-10.ckpt", "test", expdir))]
-    result = json.loads((expdir / runner.RESULT_FILE).read_text())
+    result = json.loads((expdir / units.RESULT_FILE).read_text())
     assert result["ckpt"] == "states-10.ckpt" and "no dev-best.ckpt" in result["note"]
 
 
@@ -259,25 +261,25 @@ def test_asv_sweeps_every_checkpoint_in_step_order_and_keeps_the_best(fake):
         Call("evaluate", eval_args(expdir / f"states-{s}.ckpt", "test", expdir / "sweep" / f"states-{s}"))
         for s in steps]
     # lowest EER 0.2 at steps 4 and 8: the later (longer trained) checkpoint wins the tie
-    result = json.loads((expdir / runner.RESULT_FILE).read_text())
+    result = json.loads((expdir / units.RESULT_FILE).read_text())
     assert (result["value"], result["ckpt"]) == (0.2, "states-8.ckpt")
     assert (expdir / "test_predict.txt").read_text() == "utt1 predicted by states-8.ckpt\n"
-    sweep = json.loads((expdir / runner.SWEEP_FILE).read_text())
+    sweep = json.loads((expdir / units.SWEEP_FILE).read_text())
     assert sweep["eer_by_step"] == {"2": 0.4, "4": 0.2, "6": 0.3, "8": 0.2, "10": 0.25}
     assert sweep["prediction_sha256"] == result["prediction_sha256"] == sha256(expdir / "test_predict.txt")
 
     # tested, done marker lost: every checkpoint's evaluation is still valid, so nothing is launched
-    (expdir / runner.DONE_FILE).unlink()
+    (expdir / units.DONE_FILE).unlink()
     fake.calls.clear()
     assert sr.run_unit(unit_of(sr, "asv")).status == "done" and fake.calls == []
-    assert json.loads((expdir / runner.RESULT_FILE).read_text())["ckpt"] == "states-8.ckpt"
+    assert json.loads((expdir / units.RESULT_FILE).read_text())["ckpt"] == "states-8.ckpt"
     # ... unless a checkpoint changed since (a resumed run rewrote it): only that one is evaluated again
-    (expdir / runner.DONE_FILE).unlink()
+    (expdir / units.DONE_FILE).unlink()
     (expdir / "states-6.ckpt").write_bytes(b"rewritten by a longer run")
     fake.values["states-6.ckpt"] = 0.1
     assert sr.run_unit(unit_of(sr, "asv")).status == "done"
     assert fake.calls == [Call("evaluate", eval_args(expdir / "states-6.ckpt", "test", expdir / "sweep" / "states-6"))]
-    assert json.loads((expdir / runner.RESULT_FILE).read_text())["ckpt"] == "states-6.ckpt"
+    assert json.loads((expdir / units.RESULT_FILE).read_text())["ckpt"] == "states-6.ckpt"
 
 
 def test_failed_training_is_not_tested_and_is_retried(fake):
@@ -287,14 +289,14 @@ def test_failed_training_is_not_tested_and_is_retried(fake):
     sr = make_runner(root, ["ks"])
     outcome = sr.run_unit(unit_of(sr, "ks"))
     assert outcome.status == "failed" and [c.mode for c in fake.calls] == ["train"]
-    assert json.loads((expdir / runner.FAILED_FILE).read_text())["stage"] == "train"
-    for name in (runner.TRAIN_DONE_FILE, runner.RESULT_FILE, runner.DONE_FILE, runner.LOCK_FILE):
+    assert json.loads((expdir / units.FAILED_FILE).read_text())["stage"] == "train"
+    for name in (units.TRAIN_DONE_FILE, units.RESULT_FILE, units.DONE_FILE, units.LOCK_FILE):
         assert not (expdir / name).exists(), name
     fake.fail, fake.calls = {}, []
     assert sr.run_unit(unit_of(sr, "ks")).status == "done"
     assert fake.calls == [Call("train", train_args(root, "ks")),
                           Call("evaluate", eval_args(expdir / "dev-best.ckpt", "test", expdir))]
-    assert not (expdir / runner.FAILED_FILE).exists()
+    assert not (expdir / units.FAILED_FILE).exists()
 
 
 def test_failed_test_keeps_the_training_and_is_retested(fake):
@@ -303,8 +305,8 @@ def test_failed_test_keeps_the_training_and_is_retested(fake):
     fake.fail = {"evaluate": 1}
     sr = make_runner(root, ["ks"])
     assert sr.run_unit(unit_of(sr, "ks")).status == "failed"
-    assert json.loads((expdir / runner.FAILED_FILE).read_text())["stage"] == "test"
-    assert (expdir / runner.TRAIN_DONE_FILE).is_file() and not (expdir / runner.DONE_FILE).exists()
+    assert json.loads((expdir / units.FAILED_FILE).read_text())["stage"] == "test"
+    assert (expdir / units.TRAIN_DONE_FILE).is_file() and not (expdir / units.DONE_FILE).exists()
     fake.fail, fake.calls = {}, []
     assert sr.run_unit(unit_of(sr, "ks")).status == "done"
     assert fake.calls == [Call("evaluate", eval_args(expdir / "dev-best.ckpt", "test", expdir))]
@@ -316,7 +318,7 @@ def test_result_without_a_value_line_is_a_failure_not_a_number(fake, monkeypatch
     monkeypatch.setitem(RESULT_LINE, "ks", "dev acc: {}")  # the test split's line never printed
     outcome = sr.run_unit(unit_of(sr, "ks"))
     assert outcome.status == "failed" and "no 'test acc:' line" in outcome.message
-    assert not (root / "ks" / runner.RESULT_FILE).exists() and not (root / "ks" / runner.DONE_FILE).exists()
+    assert not (root / "ks" / units.RESULT_FILE).exists() and not (root / "ks" / units.DONE_FILE).exists()
 
 
 def test_unit_held_by_another_live_runner_is_left_alone(fake):
@@ -324,13 +326,13 @@ def test_unit_held_by_another_live_runner_is_left_alone(fake):
     expdir = root / "ks"
     expdir.mkdir(parents=True)
     lock = {"pid": os.getppid(), "host": socket.gethostname(), "started": "earlier"}  # a live process, not us
-    (expdir / runner.LOCK_FILE).write_text(json.dumps(lock))
+    (expdir / units.LOCK_FILE).write_text(json.dumps(lock))
     sr = make_runner(root, ["ks"])
     assert sr.run_unit(unit_of(sr, "ks")).status == "busy" and fake.calls == []
-    assert json.loads((expdir / runner.LOCK_FILE).read_text()) == lock
+    assert json.loads((expdir / units.LOCK_FILE).read_text()) == lock
     # a lock left by a runner that died is taken over
     lock["pid"] = 2 ** 22 + 12345  # above Linux's pid_max: no such process
-    (expdir / runner.LOCK_FILE).write_text(json.dumps(lock))
+    (expdir / units.LOCK_FILE).write_text(json.dumps(lock))
     assert sr.run_unit(unit_of(sr, "ks")).status == "done" and [c.mode for c in fake.calls] == ["train", "evaluate"]
 
 
@@ -358,7 +360,7 @@ def test_whole_run_over_units_in_different_states(fake, monkeypatch):
         Call("evaluate", eval_args(er2 / "dev-best.ckpt", "test", er2)),
         Call("train", train_args(root, "asr")),
         Call("evaluate", eval_args(root / "asr" / "dev-clean-best.ckpt", "test-clean", root / "asr"))]
-    summary = json.loads((root / runner.SUMMARY_JSON).read_text())
+    summary = json.loads((root / report.SUMMARY_JSON).read_text())
     assert [(u["unit"], u["status"]) for u in summary["units"]] == [(o.unit, o.status) for o in outcomes]
     # a second run finds everything done: no config, no s3prl process
     fake.calls.clear()

@@ -34,7 +34,7 @@ import argparse, glob, json, os, sys
 import torch
 torch.set_num_threads(1)  # the ops here are tiny: OpenMP threads only add contention on 2 cores
 torch.serialization.add_safe_globals([argparse.Namespace])  # s3prl checkpoints pickle the args
-from lighthubert_s3prl.superb import recipe_patches
+from lighthubert_s3prl.upstream import recipe_patches
 recipe_patches.apply()
 from s3prl import run_downstream
 for argv in json.loads(sys.argv[1]):
@@ -209,7 +209,7 @@ def test_sox_fallback_reproduces_libsox_lengths(tmp_path):
     from s3prl.downstream.speech_commands.dataset import EFFECTS as KS_EFFECTS
     from s3prl.downstream.sv_voxceleb1.dataset import EFFECTS as ASV_EFFECTS
 
-    from lighthubert_s3prl.superb.recipe_patches import apply_effects_file_fallback
+    from lighthubert_s3prl.upstream.recipe_patches import apply_effects_file_fallback
 
     wav = _pauses_wav(tmp_path / "pauses.wav")
     # lengths libsox 14.4.2 (Debian 12) gives for this file through torchaudio 2.8's apply_effects_file
@@ -221,7 +221,7 @@ def test_sox_fallback_reproduces_libsox_lengths(tmp_path):
 
 
 def test_sox_fallback_equals_libsox_where_installed(ci_corpus, tmp_path):
-    from lighthubert_s3prl.superb import recipe_patches
+    from lighthubert_s3prl.upstream import recipe_patches
 
     if not recipe_patches.sox_available():
         pytest.skip("libsox not installed (apt-get install libsox-dev); golden lengths are checked instead")
@@ -242,7 +242,7 @@ def test_sox_fallback_equals_libsox_where_installed(ci_corpus, tmp_path):
 def test_libriphone_stand_in(ci_corpus, tmp_path):
     from s3prl.downstream.ctc.text import load_text_encoder
 
-    from lighthubert_s3prl.superb.recipe_patches import LibriPhoneDataset
+    from lighthubert_s3prl.upstream.recipe_patches import LibriPhoneDataset
 
     paths = ci_corpus["tasks"]["pr"]["paths"]
     tokenizer = load_text_encoder("word", str(TASKS["pr"].config_dir / "phoneme.txt"))
@@ -264,7 +264,7 @@ def test_apply_is_idempotent_and_scoped(tmp_path):
     # in a fresh process: apply() changes process-wide state that the rest of this session must not see
     code = r"""
 import builtins, importlib, sys, torch
-from lighthubert_s3prl.superb import recipe_patches as rp
+from lighthubert_s3prl.upstream import recipe_patches as rp
 rp.apply(); rp.apply()
 from s3prl.utility import helper
 from s3prl import run_downstream

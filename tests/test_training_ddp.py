@@ -30,7 +30,7 @@ def test_two_process_ddp_trains(tmp_path, teacher_ckpt):
     path.write_text(yaml.safe_dump(cfg))
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "lighthubert_s3prl.cli", "train", "stage1", str(path)]
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "lighthubert_s3prl", "train", "stage1", str(path)]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "stage1 finished at step 3" in proc.stdout

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import pytest
 import torch
 
-from lighthubert_s3prl.checkpoint import tiny_model_config, write_random_checkpoint
+from lighthubert_s3prl.model.checkpoint import tiny_model_config, write_random_checkpoint
 from lighthubert_s3prl.training.config import TeacherConfig
 from lighthubert_s3prl.training.data import Batch
 from lighthubert_s3prl.training.teachers import Teacher, TeacherOutput

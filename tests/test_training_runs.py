@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from lighthubert_s3prl.checkpoint import load_checkpoint
-from lighthubert_s3prl.config import SEARCH_SPACES, ConfigError, SubnetConfig, count_parameters, largest_subnet_under_budget
+from lighthubert_s3prl.model.checkpoint import load_checkpoint
+from lighthubert_s3prl.model.config import SEARCH_SPACES, ConfigError, SubnetConfig, count_parameters, largest_subnet_under_budget
 from lighthubert_s3prl.training.config import TrainingConfig, load_config, resolve_space
 from lighthubert_s3prl.training.data import Batch, synthetic_utterance
 from lighthubert_s3prl.training.trainer import Trainer, train
@@ -72,7 +72,7 @@ def test_stage1_loss_falls_and_exports_student_hubert(stage1_run):
 
 
 def test_stage2_loss_falls_and_exports_hubert_pruner(stage2_run):
-    from lighthubert_s3prl.hubconf import lighthubert_local
+    from lighthubert_s3prl.upstream.hubconf import lighthubert_local
 
     assert drop_ratio(stage2_run.losses) < 0.7, stage2_run.losses
     raw = torch.load(stage2_run.model_path, weights_only=True)["cfg"]["model"]
@@ -88,8 +88,8 @@ def test_stage2_loss_falls_and_exports_hubert_pruner(stage2_run):
 
 @pytest.mark.parametrize("aggregation,head_dim", [("average", 128), ("concat", 256)])
 def test_ekd_loss_falls_and_loads_as_distiller(tmp_path, teacher_ckpt, teacher_b_ckpt, aggregation, head_dim):
-    from lighthubert_s3prl.hubconf import lighthubert_local
-    from lighthubert_s3prl.training.distiller import distiller_local
+    from lighthubert_s3prl.upstream.hubconf import lighthubert_local
+    from lighthubert_s3prl.upstream.distiller import distiller_local
 
     cfg = tiny_config("ekd", tmp_path, teacher_ckpt, teacher=None,
                       teachers=[{"ckpt": str(teacher_ckpt), "layers": [4, 8, 12]},
@@ -114,7 +114,7 @@ def test_ekd_loss_falls_and_loads_as_distiller(tmp_path, teacher_ckpt, teacher_b
 
 def test_ekd_separate_heads_with_s3prl_teachers_and_subnet_student(tmp_path, stage1_run, teacher_ckpt):
     """fbank (10 ms, 240 wide) + mfcc (39 wide) as separate heads; the student is a LightHuBERT subnet."""
-    from lighthubert_s3prl.hubconf import lighthubert_local
+    from lighthubert_s3prl.upstream.hubconf import lighthubert_local
 
     subnet = {"embed_dim": 64, "heads_num": 1, "ffn_ratio": 2.0, "layer_num": 10}
     cfg = tiny_config("ekd", tmp_path, teacher_ckpt, teacher=None,
@@ -204,7 +204,7 @@ def test_resume_errors(tmp_path, teacher_ckpt):
 
 
 def test_cli_reports_config_errors(tmp_path, capsys):
-    from lighthubert_s3prl.cli import main
+    from lighthubert_s3prl.commands.cli import main
 
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"data": {"train": "synthetic"}, "teacher": "fbank"}))
@@ -216,8 +216,8 @@ def test_cli_reports_config_errors(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------------
 def test_search_finds_a_subnet_within_budget_no_worse_than_the_default(tmp_path, stage2_run, teacher_ckpt):
-    from lighthubert_s3prl.checkpoint import tiny_model_config
-    from lighthubert_s3prl.expert import UpstreamExpert
+    from lighthubert_s3prl.model.checkpoint import tiny_model_config
+    from lighthubert_s3prl.upstream.expert import UpstreamExpert
     from lighthubert_s3prl.training import search
 
     budget = 1_600_000
@@ -246,9 +246,9 @@ def test_standard_width_export_loads_in_s3prl_builtin_upstream(tmp_path):
     """The stage-2 writer on the real 768-wide supernet: s3prl's own expert and ours agree on the small subnet."""
     from s3prl.upstream.lighthubert.expert import UpstreamExpert as S3prlExpert
 
-    from lighthubert_s3prl.config import ModelConfig
-    from lighthubert_s3prl.hubconf import lighthubert_local
-    from lighthubert_s3prl.supernet import LightHuBERTSupernet
+    from lighthubert_s3prl.model.config import ModelConfig
+    from lighthubert_s3prl.upstream.hubconf import lighthubert_local
+    from lighthubert_s3prl.model.supernet import LightHuBERTSupernet
     from lighthubert_s3prl.training.models import export_model, init_weights
 
     model = init_weights(LightHuBERTSupernet(ModelConfig()), seed=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lighthubert_s3prl.config import SEARCH_SPACES, ConfigError, ModelConfig, SubnetConfig, count_parameters
+from lighthubert_s3prl.model.config import SEARCH_SPACES, ConfigError, ModelConfig, SubnetConfig, count_parameters
 from lighthubert_s3prl.training.config import apply_override, load_config, parse_layer_spec, resolve_space
 from lighthubert_s3prl.training.data import (
     AudioCropDataset,
@@ -279,7 +279,7 @@ def test_s3prl_hubert_teacher_ffn_outputs_by_hooks(tmp_path):
 # search (with a synthetic score; the real proxy is exercised in test_training_runs.py)
 def test_budget_too_small_is_explained():
     space = resolve_space(TINY_SPACE)
-    from lighthubert_s3prl.checkpoint import tiny_model_config
+    from lighthubert_s3prl.model.checkpoint import tiny_model_config
 
     budget = Budget("params", 1000, tiny_model_config())
     with pytest.raises(ConfigError, match=r"budget too small: the smallest subnet of space 'tiny' .* raise --max-params to at least"):

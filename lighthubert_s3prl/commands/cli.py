@@ -12,16 +12,20 @@ from typing import Dict, List, Optional, Tuple
 
 # name -> (module:function, one-line help)
 COMMANDS: Dict[str, Tuple[str, str]] = {
-    "demo": ("lighthubert_s3prl.demo:main", "write a seeded checkpoint, pick a subnet, extract features, print shapes"),
-    "subnet": ("lighthubert_s3prl.subnet_cli:main", "show, count, sample or search subnets; write subnet YAML"),
-    "make-checkpoint": ("lighthubert_s3prl.subnet_cli:make_checkpoint_main", "write a seeded random checkpoint in the official format"),
-    "downstream": ("lighthubert_s3prl.run_downstream:main", "s3prl run_downstream with the LightHuBERT names registered"),
+    "demo": ("lighthubert_s3prl.commands.demo:main",
+             "write a seeded checkpoint, pick a subnet, extract features, print shapes"),
+    "subnet": ("lighthubert_s3prl.commands.subnet:main", "show, count, sample or search subnets; write subnet YAML"),
+    "make-checkpoint": ("lighthubert_s3prl.commands.subnet:make_checkpoint_main",
+                        "write a seeded random checkpoint in the official format"),
+    "downstream": ("lighthubert_s3prl.upstream.run_downstream:main",
+                   "s3prl run_downstream with the LightHuBERT names registered"),
     "make-corpus": ("lighthubert_s3prl.superb.corpus:main", "synthesise the offline mini-SUPERB corpus"),
-    "quickstart": ("lighthubert_s3prl.superb.quickstart:main", "corpus + checkpoint + short SUPERB runs + results table"),
+    "quickstart": ("lighthubert_s3prl.superb.quickstart:main",
+                   "corpus + checkpoint + short SUPERB runs + results table"),
     "collect": ("lighthubert_s3prl.superb.collect:main", "collect s3prl results into the paper-style table"),
     "package": ("lighthubert_s3prl.superb.package:main", "build leaderboard submission archives"),
-    "export": ("lighthubert_s3prl.export:main", "write a compact checkpoint holding one subnet"),
-    "profile": ("lighthubert_s3prl.profile:main", "parameters, MACs and real-time factor of a subnet"),
+    "export": ("lighthubert_s3prl.commands.export:main", "write a compact checkpoint holding one subnet"),
+    "profile": ("lighthubert_s3prl.commands.profile:main", "parameters, MACs and real-time factor of a subnet"),
     "train": ("lighthubert_s3prl.training.cli:main", "stage-1 / stage-2 (once-for-all) / EKD distillation"),
     "search": ("lighthubert_s3prl.training.search:main", "search a subnet under a parameter or MAC budget"),
 }
@@ -40,7 +44,7 @@ def main(argv: Optional[List[str]] = None, prog: str = "lighthubert-s3prl") -> i
         print(_usage(prog))
         return 0
     if argv[0] in ("-V", "--version"):
-        from . import __version__
+        from .. import __version__
 
         print(__version__)
         return 0
@@ -52,8 +56,8 @@ def main(argv: Optional[List[str]] = None, prog: str = "lighthubert-s3prl") -> i
     target, _ = COMMANDS[name]
     module_name, func_name = target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
+    from ..model.checkpoint import CheckpointError
+    from ..model.config import ConfigError
 
     try:
         return int(func(rest) or 0)

@@ -40,8 +40,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--implementation", default="compact", choices=["compact", "supernet"])
     args = parser.parse_args(argv)
 
-    from .checkpoint import write_random_checkpoint
-    from .expert import UpstreamExpert
+    from ..model.checkpoint import write_random_checkpoint
+    from ..upstream.expert import UpstreamExpert
 
     ckpt = Path(args.ckpt) if args.ckpt else Path(args.workdir) / f"random_lighthubert_{args.kind}_seed{args.seed}.pt"
     if not args.ckpt:

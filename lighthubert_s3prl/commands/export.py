@@ -1,227 +1,28 @@
-"""``lighthubert-s3prl export``: write one subnet of a supernet checkpoint as a compact checkpoint.
+"""``lighthubert-s3prl export``: write one subnet of a supernet checkpoint as a compact checkpoint, or as a
+SUPERB hidden-set folder.
 
-A compact checkpoint holds only the chosen subnet's weights (a released small subnet is ~28% of the
-official 381 MB file in float32, half that in bfloat16) plus its architecture, in a plain dict that
-``torch.load(..., weights_only=True)`` reads. ``load_checkpoint`` and the ``lighthubert_local -k FILE``
-upstream accept it like an official file. :func:`write_hidden_set_folder` builds the folder the SUPERB
-hidden-set submission wants (``expert.py``, ``model.pt``, ``requirements.txt``, ``README.md``) as the
-content of a Hugging Face Hub model repository: its ``.gitattributes`` stores the weights with git-LFS.
+The writing itself is :func:`lighthubert_s3prl.model.export.export_compact` and
+:func:`lighthubert_s3prl.upstream.hidden_set.write_hidden_set_folder`; this module is the command line.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import List, Optional
 
-import torch
+from ..model.checkpoint import CheckpointError, load_checkpoint
+from ..model.config import ConfigError, count_parameters, preset_names
+from ..model.export import ExportError, describe_size, export_compact
+from ..upstream.hidden_set import write_hidden_set_folder
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .compact import CompactLightHuBERT, compact_payload
-from .config import ConfigError, SubnetConfig, count_parameters, preset_names
-from .io_utils import atomic_write_text
-
-STORAGE_DTYPES: Dict[str, torch.dtype] = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
 SUBNET_HELP = (
     "which subnet: a preset (" + ", ".join(preset_names()) + "), random:SPACE:SEED, budget:SPACE:PARAMS "
     "or a subnet YAML/JSON file; default: the checkpoint's own subnet"
 )
 
 
-class ExportError(ValueError):
-    """An export that cannot be done as asked; the message says why and what to do."""
-
-
-@dataclass
-class ExportResult:
-    output: Path
-    subnet: SubnetConfig
-    parameters: int  # counted as the authors' calc_sampled_param_num
-    stored_tensors: int  # numbers actually stored in the file
-    source_bytes: int
-    output_bytes: int
-    dtype: str
-
-    def summary(self) -> str:
-        ratio = self.output_bytes / self.source_bytes if self.source_bytes else float("nan")
-        return "\n".join([
-            f"subnet:      {self.subnet.describe()}",
-            f"parameters:  {self.parameters:,} ({self.parameters / 1e6:.2f}M, counted as calc_sampled_param_num)",
-            f"stored:      {self.stored_tensors:,} numbers as {self.dtype}",
-            f"source file: {_mb(self.source_bytes)}",
-            f"output file: {_mb(self.output_bytes)} ({ratio:.1%} of the source) -> {self.output}",
-        ])
-
-
-def _mb(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB ({n:,} bytes)"
-
-
-def _storage_dtype(name: str) -> torch.dtype:
-    try:
-        return STORAGE_DTYPES[str(name).lower()]
-    except KeyError:
-        raise ExportError(f"dtype {name!r} is not supported; allowed values: float32, float16, bfloat16") from None
-
-
-def _check_output(output: Path, force: bool) -> None:
-    if output.is_dir():
-        raise ExportError(f"output {output} is a directory; give a file name such as {output / 'model.pt'}")
-    if output.exists() and not force:
-        raise ExportError(f"output {output} already exists; pass --force to overwrite it")
-
-
-def build_compact_for(ckpt: Union[str, Path], subnet: Any = None) -> CompactLightHuBERT:
-    """Load ``ckpt`` (supernet or compact) and return the dense model of ``subnet`` (a spec or config)."""
-    loaded = load_checkpoint(ckpt)
-    return CompactLightHuBERT.from_checkpoint(loaded, loaded.subnet(subnet))
-
-
-def export_compact(
-    ckpt: Union[str, Path],
-    subnet: Any = None,
-    output: Union[str, Path] = "compact.pt",
-    dtype: str = "float32",
-    force: bool = False,
-) -> ExportResult:
-    """Write ``subnet`` of ``ckpt`` as a compact checkpoint at ``output`` (atomically)."""
-    output = Path(output)
-    storage = _storage_dtype(dtype)
-    _check_output(output, force)
-    source = Path(ckpt)
-    model = build_compact_for(source, subnet)
-    payload = compact_payload(model, source=source.name, dtype=storage)
-    save_checkpoint(output, payload)
-    return ExportResult(
-        output=output,
-        subnet=model.subnet,
-        parameters=count_parameters(model.subnet, model.cfg),
-        stored_tensors=sum(t.numel() for t in payload["model"].values()),
-        source_bytes=source.stat().st_size,
-        output_bytes=output.stat().st_size,
-        dtype=str(storage).replace("torch.", ""),
-    )
-
-
-# ---------------------------------------------------------------------------------------------------
-# The hidden-set folder. Its expert.py is the package's upstream with the checkpoint path made relative to
-# the folder, so `UpstreamExpert(ckpt="model.pt")` works from any working directory.
-_EXPERT_PY = '''\
-"""SUPERB hidden-set upstream: LightHuBERT subnet {describe}.
-
-Generated by `lighthubert-s3prl export --hidden-set`. model.pt is a compact checkpoint holding only
-this subnet; lighthubert_s3prl/ next to this file is the inference code that wrote it (needs torch only).
-"""
-import sys
-from pathlib import Path
-from typing import Any, Optional
-
-_HERE = Path(__file__).resolve().parent
-if str(_HERE) not in sys.path:
-    sys.path.insert(0, str(_HERE))  # the bundled code first: evaluation runs what was validated
-
-from lighthubert_s3prl.expert import UpstreamExpert as _LightHuBERTExpert  # noqa: E402
-
-
-class UpstreamExpert(_LightHuBERTExpert):
-    """`forward(list of 1-D 16 kHz waveforms) -> {{"hidden_states": [(B, T, {embed_dim})] * {n_states}}}`."""
-
-    def __init__(self, ckpt: str = "model.pt", model_config: Optional[str] = None, **kwargs: Any) -> None:
-        path = Path(ckpt)
-        if not path.is_file() and (_HERE / path).is_file():
-            path = _HERE / path  # relative to this folder when not found from the working directory
-        super().__init__(str(path), model_config=model_config, **kwargs)
-
-    def get_downsample_rates(self, key: str = "hidden_states") -> int:
-        return int(super().get_downsample_rates(key))
-'''
-
-_README_MD = """\
-# LightHuBERT subnet for the SUPERB hidden set
-
-- subnet: `{describe}`
-- parameters: {params:,} ({params_m:.2f}M, counted as the authors' `calc_sampled_param_num`)
-- hidden states: {n_states} tensors of width {embed_dim} (projected CNN features, then each of the {layers} layers)
-- frame rate: one frame per 320 samples (20 ms at 16 kHz)
-- weights: `model.pt`, a compact checkpoint ({size_mb:.1f} MiB, {dtype}) exported from `{source}`
-- input: 16 kHz mono waveforms; each is normalised on its own (zero mean, unit variance) inside the expert
-
-```python
-from expert import UpstreamExpert
-model = UpstreamExpert(ckpt="model.pt").eval()
-hidden_states = model(list_of_1d_waveforms)["hidden_states"]
-```
-
-Generated by `lighthubert-s3prl export` {version}. The folder is self-contained: `lighthubert_s3prl/`
-holds the inference modules of that version, and `pip install -r requirements.txt` installs the rest
-(torch, and PyYAML for an optional subnet/options file).
-"""
-
-_REQUIREMENTS_TXT = """\
-torch>={torch_min}
-pyyaml
-"""
-
-#: the oldest torch the bundled inference code runs on: compact.py loads with
-#: ``load_state_dict(..., assign=True)`` (torch 2.1); attention uses ``scaled_dot_product_attention`` and
-#: models are built under ``torch.device("meta")`` (both 2.0). Not the exporting machine's version.
-HIDDEN_SET_TORCH_MIN = "2.1"
-
-#: the Hub keeps files above 10 MB only through git-LFS: weights, whatever their extension
-_GITATTRIBUTES = "".join(f"{pattern} filter=lfs diff=lfs merge=lfs -text\n"
-                         for pattern in ("*.pt", "*.pth", "*.bin", "*.ckpt", "*.safetensors"))
-
-#: the modules ``expert.py`` imports, copied into a hidden-set folder so it runs without this package
-INFERENCE_MODULES = ("__init__.py", "config.py", "modules.py", "fast_cnn.py", "supernet.py", "compact.py",
-                     "checkpoint.py", "expert.py", "io_utils.py", "hardware.py")
-
-
-def write_hidden_set_folder(
-    ckpt: Union[str, Path],
-    subnet: Any = None,
-    out_dir: Union[str, Path] = "hidden_set",
-    dtype: str = "float32",
-    force: bool = False,
-) -> Path:
-    """Write ``expert.py``, ``model.pt``, ``requirements.txt``, ``README.md``, ``.gitattributes`` (git-LFS
-    for the weights) and the bundled inference code (``lighthubert_s3prl/``) for ``subnet`` of ``ckpt``.
-
-    ``UpstreamExpert(ckpt="model.pt")`` from that folder then passes the hidden-set ``cli.py validate``
-    checks. Existing files are only replaced with ``force``.
-    """
-    from . import __version__
-
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"hidden-set folder {out_dir} exists and is not a directory")
-    names = ("expert.py", "model.pt", "requirements.txt", "README.md", ".gitattributes", "lighthubert_s3prl")
-    present = [n for n in names if (out_dir / n).exists()]
-    if present and not force:
-        raise ExportError(f"hidden-set folder {out_dir} already holds {present}; pass --force to overwrite them")
-    result = export_compact(ckpt, subnet, out_dir / "model.pt", dtype=dtype, force=True)
-    sub = result.subnet
-    fields = dict(
-        describe=sub.describe(), embed_dim=sub.embed_dim, n_states=1 + sub.layer_num, layers=sub.layer_num,
-        params=result.parameters, params_m=result.parameters / 1e6, size_mb=result.output_bytes / 2**20,
-        dtype=result.dtype, source=Path(ckpt).name, version=__version__,
-    )
-    package_dir = Path(__file__).resolve().parent
-    for name in INFERENCE_MODULES:
-        atomic_write_text(out_dir / "lighthubert_s3prl" / name, (package_dir / name).read_text())
-    atomic_write_text(out_dir / "expert.py", _EXPERT_PY.format(**fields))
-    atomic_write_text(out_dir / "README.md", _README_MD.format(**fields))
-    atomic_write_text(out_dir / "requirements.txt", _REQUIREMENTS_TXT.format(torch_min=HIDDEN_SET_TORCH_MIN))
-    atomic_write_text(out_dir / ".gitattributes", _GITATTRIBUTES)
-    return out_dir
-
-
-# ---------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lighthubert-s3prl export",
@@ -259,7 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"hidden-set folder: {folder}")
             print(f"subnet:      {loaded.default_subnet.describe()}")
             print(f"parameters:  {count_parameters(loaded.default_subnet, loaded.model_cfg):,}")
-            print(f"model.pt:    {_mb(model_file.stat().st_size)}; source file: {_mb(Path(args.ckpt).stat().st_size)}")
+            print(f"model.pt:    {describe_size(model_file.stat().st_size)}; "
+                  f"source file: {describe_size(Path(args.ckpt).stat().st_size)}")
             return 0
         result = export_compact(args.ckpt, args.subnet, args.output, args.dtype, args.force)
     except (ExportError, CheckpointError, ConfigError) as err:

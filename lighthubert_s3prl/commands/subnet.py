@@ -5,7 +5,7 @@ import argparse
 import json
 from typing import List, Optional
 
-from .config import (
+from ..model.config import (
     SEARCH_SPACES,
     ModelConfig,
     count_parameters,
@@ -73,7 +73,7 @@ def make_checkpoint_main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="a 128-wide supernet with a 64-channel CNN (fast tests)")
     parser.add_argument("--extractor-mode", choices=["default", "layer_norm"], default="default")
     args = parser.parse_args(argv)
-    from .checkpoint import tiny_model_config, write_random_checkpoint
+    from ..model.checkpoint import tiny_model_config, write_random_checkpoint
 
     cfg = tiny_model_config(extractor_mode=args.extractor_mode) if args.tiny else ModelConfig(extractor_mode=args.extractor_mode)
     path = write_random_checkpoint(args.output, args.kind, seed=args.seed, model_cfg=cfg)

@@ -2,7 +2,9 @@
 
 Released files are ``{'cfg': {'model': {...}}, 'model': state_dict}`` with fp32 tensors. They are read
 with ``weights_only=True`` on CPU: a file that would need to run code to unpickle is refused, and nothing
-in it is executed. ``conv_feature_layers`` is parsed, never ``eval``-ed.
+in it is executed. ``conv_feature_layers`` is parsed, never ``eval``-ed. Compact exports
+(:func:`~lighthubert_s3prl.model.compact.compact_payload`) are read here as well, so that one module knows
+every file format a user may pass with ``-k``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
+from ..io_utils import atomic_write
 from .config import (
     SEARCH_SPACES,
     ConfigError,
@@ -26,8 +29,7 @@ from .config import (
     get_preset,
     resolve_subnet,
 )
-from .compact import COMPACT_FORMAT
-from .io_utils import atomic_write
+from .compact import COMPACT_FORMAT, COMPACT_VERSION, CompactLightHuBERT
 from .supernet import LightHuBERTSupernet
 
 logger = logging.getLogger(__name__)
@@ -170,6 +172,33 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], cfg: ModelConfig, p
         )
 
 
+def read_compact_payload(path: Path, data: Mapping[str, Any]) -> LoadedCheckpoint:
+    """Validate a loaded compact export (:func:`~lighthubert_s3prl.model.compact.compact_payload`'s dict)."""
+    if data.get("version") != COMPACT_VERSION:
+        raise CheckpointError(f"{path}: compact format version {data.get('version')!r} is not supported "
+                              f"(this package reads version {COMPACT_VERSION}); export it again")
+    try:
+        model_cfg = ModelConfig.from_checkpoint_cfg(data["cfg"]["model"])
+        subnet = SubnetConfig.from_dict(data["subnet"])
+        subnet.validate_for(model_cfg)
+    except (KeyError, TypeError, ConfigError) as err:
+        raise CheckpointError(f"{path}: broken compact checkpoint config ({err}); export it again") from None
+    state = data.get("model")
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: compact checkpoint has no 'model' state dict of tensors; export it again")
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in CompactLightHuBERT(model_cfg, subnet).state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k])]
+    if missing or wrong:
+        raise CheckpointError(
+            f"{path}: compact checkpoint weights do not match its subnet (missing: {missing[:5]}, "
+            f"mis-shaped: {wrong[:5]}); export it again"
+        )
+    extras = {"source": data.get("source", ""), "storage_dtype": data.get("storage_dtype", "float32")}
+    return LoadedCheckpoint(path, "compact", model_cfg, dict(state), dict(data["cfg"]), subnet, None, extras)
+
+
 def load_checkpoint(path: Union[str, Path]) -> LoadedCheckpoint:
     """Load and validate a LightHuBERT checkpoint (official supernet or a compact export)."""
     path = Path(path)
@@ -182,8 +211,6 @@ def load_checkpoint(path: Union[str, Path]) -> LoadedCheckpoint:
         raise CheckpointError(f"{path} is not a LightHuBERT checkpoint: it holds a {type(data).__name__}, "
                               f"not a dict with 'cfg' and 'model'")
     if data.get("format") == COMPACT_FORMAT:
-        from .compact import read_compact_payload  # the compact module owns its format
-
         return read_compact_payload(path, data)
     if "cfg" not in data or "model" not in data or not isinstance(data["cfg"], Mapping):
         keys = sorted(map(str, data))[:8]

@@ -21,7 +21,6 @@ Either slow case warns once per model (:mod:`lighthubert_s3prl.hardware`).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -32,6 +31,7 @@ from .fast_cnn import receptive_field_and_hop
 from .modules import EncoderLayer, LayerDims, conv_output_lengths, ffn_rows
 from .supernet import LightHuBERTBackbone, LightHuBERTSupernet, ModelOutput
 
+# a tag stored in every compact file (the module path it once matched): changing it would orphan old exports
 COMPACT_FORMAT = "lighthubert_s3prl.compact"
 COMPACT_VERSION = 1
 
@@ -88,7 +88,7 @@ class CompactLightHuBERT(LightHuBERTBackbone):
     @classmethod
     def from_checkpoint(cls, ckpt: Any, subnet: Optional[SubnetConfig] = None,
                         dtype: Optional[torch.dtype] = None) -> "CompactLightHuBERT":
-        """From a :class:`~lighthubert_s3prl.checkpoint.LoadedCheckpoint` (supernet or compact export).
+        """From a :class:`~lighthubert_s3prl.model.checkpoint.LoadedCheckpoint` (supernet or compact export).
 
         A supernet's weights are sliced straight from its state dict: no supernet module is ever built,
         which halves the peak memory of loading an official file and saves its random initialisation.
@@ -229,34 +229,6 @@ def compact_payload(model: CompactLightHuBERT, source: str = "",
         "storage_dtype": str(dtype or model.dtype).replace("torch.", ""),
         "model": {k: store(v) for k, v in model.state_dict().items()},
     }
-
-
-def read_compact_payload(path: Path, data: Mapping[str, Any]):  # -> LoadedCheckpoint (import cycle)
-    from .checkpoint import CheckpointError, LoadedCheckpoint
-
-    if data.get("version") != COMPACT_VERSION:
-        raise CheckpointError(f"{path}: compact format version {data.get('version')!r} is not supported "
-                              f"(this package reads version {COMPACT_VERSION}); export it again")
-    try:
-        model_cfg = ModelConfig.from_checkpoint_cfg(data["cfg"]["model"])
-        subnet = SubnetConfig.from_dict(data["subnet"])
-        subnet.validate_for(model_cfg)
-    except (KeyError, TypeError, ConfigError) as err:
-        raise CheckpointError(f"{path}: broken compact checkpoint config ({err}); export it again") from None
-    state = data.get("model")
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: compact checkpoint has no 'model' state dict of tensors; export it again")
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in CompactLightHuBERT(model_cfg, subnet).state_dict().items()}
-    missing = [k for k in expected if k not in state]
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k])]
-    if missing or wrong:
-        raise CheckpointError(
-            f"{path}: compact checkpoint weights do not match its subnet (missing: {missing[:5]}, "
-            f"mis-shaped: {wrong[:5]}); export it again"
-        )
-    extras = {"source": data.get("source", ""), "storage_dtype": data.get("storage_dtype", "float32")}
-    return LoadedCheckpoint(path, "compact", model_cfg, dict(state), dict(data["cfg"]), subnet, None, extras)
 
 
 def build_compact(ckpt: Any, dtype: Optional[torch.dtype] = torch.float32) -> CompactLightHuBERT:

@@ -501,7 +501,7 @@ def load_subnet_file(path: Union[str, Path], _seen: Tuple[Path, ...] = ()) -> Su
 
 def save_subnet_file(subnet: SubnetConfig, path: Union[str, Path], **extra: Any) -> None:
     """Write a subnet as YAML (or JSON by suffix), atomically; ``extra`` fields go beside ``subnet``."""
-    from .io_utils import atomic_write_text
+    from ..io_utils import atomic_write_text
 
     path = Path(path)
     data = {"subnet": subnet.to_dict(), **extra}

@@ -1,6 +1,6 @@
 """The inference CNN: first-layer GroupNorm folded away, then run in time chunks.
 
-Same parameters (and keys) as :class:`~lighthubert_s3prl.modules.ConvFeatureExtractor`, same results to
+Same parameters (and keys) as :class:`~lighthubert_s3prl.model.modules.ConvFeatureExtractor`, same results to
 float32 rounding, less work and far less memory:
 
 * **Folding.** In ``default`` mode, conv 0 is followed by a GroupNorm with one group per channel. Given an

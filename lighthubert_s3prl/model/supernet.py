@@ -1,7 +1,7 @@
 """The LightHuBERT supernet: one 768-wide, 12-layer HuBERT whose weights every subnet slices.
 
 Weights are sliced at each forward so gradients reach the shared tensors (what once-for-all training
-needs). For inference of one chosen subnet, :mod:`lighthubert_s3prl.compact` materialises it instead.
+needs). For inference of one chosen subnet, :mod:`lighthubert_s3prl.model.compact` materialises it instead.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..hardware import slow_dtype_reason
 from .config import HEAD_DIM, ModelConfig, SubnetConfig, kept_layers
 from .fast_cnn import FoldedConvFeatureExtractor
-from .hardware import slow_dtype_reason
 from .modules import EncoderLayer, LayerDims, PositionalConv, conv_output_lengths
 
 PADDING_MODES = ("exact", "reference")

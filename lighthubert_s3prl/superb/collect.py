@@ -36,8 +36,8 @@ from lighthubert_s3prl.io_utils import atomic_write, atomic_write_text
 
 from . import reference
 from .reference import OUR_TASKS, TASK_LABELS, ReferenceModel, Score, superb_score
-from .runner import (DONE_FILE, FAILED_FILE, MANIFEST_NAME, RESULT_FILE, SWEEP_FILE, TRAIN_DONE_FILE, lock_owner,
-                     now_iso, read_json, states_checkpoints, to_percent)
+from .units import (DONE_FILE, FAILED_FILE, MANIFEST_NAME, RESULT_FILE, SWEEP_FILE, TRAIN_DONE_FILE, lock_owner,
+                    now_iso, read_json, states_checkpoints, to_percent)
 
 LOG = logging.getLogger(__name__)
 

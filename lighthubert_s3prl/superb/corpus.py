@@ -403,7 +403,7 @@ _ER_VAD = {"neu": "2.5000, 2.5000, 2.5000", "hap": "4.0000, 3.5000, 3.0000", "ex
 
 
 def _build_iemocap(b: _Build, p: Preset) -> Dict[str, dict]:
-    from .tasks import write_iemocap_meta_data
+    from .metadata import write_iemocap_meta_data
 
     jobs, labels = [], {}  # labels: utt -> (dialog, emotion label as written)
     counters: Dict[Tuple[str, str], int] = {}
@@ -555,7 +555,7 @@ LS_SPLITS = ("train-clean-100", "dev-clean", "test-clean")
 
 
 def _build_librispeech(b: _Build, p: Preset) -> Dict[str, dict]:
-    from .tasks import write_len_for_bucket, write_lexicon
+    from .metadata import write_len_for_bucket, write_lexicon
 
     vocab = [w.upper() for w in LS_WORDS[: p.ls_vocabulary]]
     ids_rng = b.rng("speaker-ids")

@@ -24,7 +24,7 @@ from typing import BinaryIO, List, Optional, Sequence, Union
 
 from lighthubert_s3prl.io_utils import atomic_write, cache_root, offline
 
-from .tasks import TaskConfigError
+from .metadata import TaskConfigError
 
 # s3prl's v0.4.18 release commit; the lexicon folder has not changed since 2021
 S3PRL_COMMIT = "ec8064b5889f81ca460fbe2c094ce576a6f120b7"

@@ -9,7 +9,7 @@ checkpoint sweep did not choose, predictions that changed since the runner teste
 
 ``package hidden`` writes a hidden-set model folder (``expert.py`` + ``model.pt`` of one subnet, and the
 ``.gitattributes`` that stores the weights with git-LFS on the Hugging Face Hub) with
-``lighthubert_s3prl.export.write_hidden_set_folder`` and then runs the checks of the submission
+``lighthubert_s3prl.upstream.hidden_set.write_hidden_set_folder`` and then runs the checks of the submission
 template's ``cli.py validate`` on it in a fresh interpreter, with this package unimportable, so the
 folder is shown to load on its own. The check writes no bytecode: the folder is pushed as it is.
 
@@ -33,7 +33,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from lighthubert_s3prl.io_utils import atomic_write
 
-from .runner import DONE_FILE, MANIFEST_NAME, RESULT_FILE, SWEEP_FILE, read_json, sha256_of, unit_expdir
+from .units import DONE_FILE, MANIFEST_NAME, RESULT_FILE, SWEEP_FILE, read_json, sha256_of, unit_expdir
 
 LOG = logging.getLogger(__name__)
 
@@ -430,7 +430,7 @@ def build_hidden(ckpt: Union[str, Path], subnet: str, out_dir: Union[str, Path],
     ckpt = Path(ckpt).expanduser()
     if not ckpt.is_file():
         raise PackageError(f"checkpoint not found: {ckpt}")
-    from ..export import write_hidden_set_folder  # imports torch: only when a folder is built
+    from ..upstream.hidden_set import write_hidden_set_folder  # imports torch: only when a folder is built
 
     write_hidden_set_folder(str(ckpt), subnet, str(out_dir))
     return validate_hidden_folder(out_dir) if validate else {}
@@ -470,8 +470,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     val = sub.add_parser("validate", help="check an existing predict.zip")
     val.add_argument("archive")
     hid = sub.add_parser("hidden", help="write and check a hidden-set model folder",
-                         description="Write expert.py + model.pt of one subnet (lighthubert_s3prl.export) and run "
-                                     "the submission template's validate checks on it, in isolation.")
+                         description="Write expert.py + model.pt of one subnet (lighthubert_s3prl.upstream.hidden_set) "
+                                     "and run the submission template's validate checks on it, in isolation.")
     hid.add_argument("--ckpt", required=True, help="LightHuBERT checkpoint (supernet)")
     hid.add_argument("--subnet", required=True, help="subnet: preset name, YAML file, random:SPACE:SEED, budget:...")
     hid.add_argument("-o", "--out-dir", required=True, help="folder to write")

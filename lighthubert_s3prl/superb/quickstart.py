@@ -26,7 +26,7 @@ CKPT_NAME = "lighthubert_tiny_seed{seed}.pt"
 
 def ensure_checkpoint(workdir: Path, seed: int) -> Path:
     """A tiny random supernet in the released format (kept between runs; written atomically)."""
-    from lighthubert_s3prl.checkpoint import tiny_model_config, write_random_checkpoint
+    from lighthubert_s3prl.model.checkpoint import tiny_model_config, write_random_checkpoint
 
     path = workdir / "checkpoints" / CKPT_NAME.format(seed=seed)
     if path.is_file():
@@ -42,7 +42,9 @@ def run_quickstart(workdir: Path, tasks: str = DEFAULT_TASKS, preset: str = "ci"
     """Run every step; returns the paths and outcomes (raises RunnerError/CorpusError on bad input)."""
     from . import collect as collect_mod
     from .corpus import make_corpus
-    from .runner import RunnerError, RunOptions, SuperbRunner, format_summary, parse_folds, parse_task_list
+    from .options import RunnerError, RunOptions, parse_folds, parse_task_list
+    from .report import format_summary
+    from .runner import SuperbRunner
 
     started = time.monotonic()
     workdir = workdir.expanduser().resolve()
@@ -108,7 +110,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     from .corpus import CorpusError
-    from .runner import RunnerError
+    from .options import RunnerError
 
     try:
         result = run_quickstart(Path(args.workdir), args.tasks, args.preset, args.seed, args.steps,

@@ -2,7 +2,7 @@
 
 Runs on one process, or on several under torchrun (gloo on CPU, NCCL on GPU)::
 
-    torchrun --nproc_per_node 4 -m lighthubert_s3prl.cli train stage2 configs/train/stage2_small.yaml
+    torchrun --nproc_per_node 4 -m lighthubert_s3prl train stage2 configs/train/stage2_small.yaml
 """
 from __future__ import annotations
 
@@ -49,7 +49,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from ..cli import main as top_main
-
-    sys.exit(top_main(["train"] + sys.argv[1:]))
+if __name__ == "__main__":  # `lighthubert-s3prl train` is the documented way; this keeps -m working
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """Training configuration: a YAML file, ``--override key=value`` edits, and a checked schema.
 
 Every section is a dataclass; an unknown key, a wrong type or an impossible value raises
-:class:`~lighthubert_s3prl.config.ConfigError` with the full dotted key and the allowed values, so a typo
+:class:`~lighthubert_s3prl.model.config.ConfigError` with the full dotted key and the allowed values, so a typo
 never silently falls back to a default. Relative paths are taken from the current directory.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
-from ..config import SEARCH_SPACES, ConfigError, SearchSpace
+from ..model.config import SEARCH_SPACES, ConfigError, SearchSpace
 
 STAGES = ("stage1", "stage2", "ekd")
 

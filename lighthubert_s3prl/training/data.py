@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..config import ConfigError
+from ..model.config import ConfigError
 
 SYNTHETIC = "synthetic"
 

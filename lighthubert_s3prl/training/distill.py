@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ConfigError, SearchSpace, SubnetConfig
-from ..modules import conv_output_lengths
-from ..supernet import LightHuBERTSupernet
+from ..model.config import ConfigError, SearchSpace, SubnetConfig
+from ..model.modules import conv_output_lengths
+from ..model.supernet import LightHuBERTSupernet
 from .config import TargetConfig, TrainingConfig, resolve_space
 from .data import Batch
 from .losses import aggregate, distill_loss, frame_selection, layer_average, normalise, resolve_layers

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
+from ..model.config import ConfigError
 from .config import TargetConfig, parse_layer_spec
 
 

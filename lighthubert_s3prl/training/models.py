@@ -1,7 +1,7 @@
 """Students: building them (from scratch, from a checkpoint, or DistilHuBERT-style from a teacher's first
 layers), initialising their weights, and writing them in the official checkpoint format.
 
-Every student is a :class:`~lighthubert_s3prl.supernet.LightHuBERTSupernet`, so every output loads with
+Every student is a :class:`~lighthubert_s3prl.model.supernet.LightHuBERTSupernet`, so every output loads with
 ``lighthubert_local`` (and, at the standard width, with s3prl's own LightHuBERT upstream).
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..checkpoint import build_supernet, load_checkpoint, save_checkpoint, supernet_payload, tiny_model_config
-from ..config import ConfigError, ModelConfig, SearchSpace, SubnetConfig
-from ..supernet import LightHuBERTSupernet
+from ..model.checkpoint import build_supernet, load_checkpoint, save_checkpoint, supernet_payload, tiny_model_config
+from ..model.config import ConfigError, ModelConfig, SearchSpace, SubnetConfig
+from ..model.supernet import LightHuBERTSupernet
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def ekd_backbone(student_type: str, init: Optional[str], model_spec: Any, layers
     ``distiller`` keeps the first ``layers`` layers; with ``init`` it copies the CNN, projection, positional
     conv and those layers from that checkpoint (DistilHuBERT initialises from its teacher the same way).
     """
-    from ..config import resolve_subnet
+    from ..model.config import resolve_subnet
 
     if student_type == "distiller":
         if init:

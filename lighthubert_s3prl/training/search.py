@@ -22,8 +22,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..checkpoint import build_supernet, load_checkpoint
-from ..config import (
+from ..io_utils import atomic_write_text
+from ..model.checkpoint import build_supernet, load_checkpoint
+from ..model.config import (
     ConfigError,
     ModelConfig,
     SearchSpace,
@@ -32,9 +33,9 @@ from ..config import (
     largest_subnet_under_budget,
     save_subnet_file,
 )
-from ..io_utils import atomic_write_text
-from ..modules import conv_output_lengths
-from ..supernet import LightHuBERTSupernet
+from ..model.cost import analytic_macs
+from ..model.modules import conv_output_lengths
+from ..model.supernet import LightHuBERTSupernet
 from .config import TrainingConfig, load_config, resolve_space, space_from_dict
 from .data import Batch, build_dataset, fixed_batches
 from .distill import TargetBuilder, normalised_input, student_frames
@@ -47,7 +48,10 @@ logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------------
 def estimate_macs(subnet: SubnetConfig, model: ModelConfig, seconds: float = 1.0) -> int:
-    """Multiply-accumulates of one forward over ``seconds`` of 16 kHz audio (CNN, projections, attention, FFN)."""
+    """Multiply-accumulates of one forward over ``seconds`` of 16 kHz audio (CNN, projections, attention, FFN).
+
+    A rougher count than :func:`subnet_macs` (no sequence padding, no positional-conv edge); budgets use that one.
+    """
     length = torch.tensor([int(seconds * 16000)])
     macs, in_dim = 0, 1
     for dim, kernel, stride in model.conv_layers:
@@ -64,11 +68,8 @@ def estimate_macs(subnet: SubnetConfig, model: ModelConfig, seconds: float = 1.0
 
 
 def subnet_macs(subnet: SubnetConfig, model: ModelConfig, seconds: float = 1.0) -> int:
-    """The package profiler's count when available, else :func:`estimate_macs`."""
-    try:
-        from ..profile import analytic_macs
-    except ImportError:
-        return estimate_macs(subnet, model, seconds)
+    """The model layer's analytic count (:func:`~lighthubert_s3prl.model.cost.analytic_macs`), which
+    ``lighthubert-s3prl profile`` prints too, so a budget means the same number in both places."""
     return int(analytic_macs(subnet, model, seconds))
 
 
@@ -399,7 +400,6 @@ def write_result(result: SearchResult, budget: Budget, space: SearchSpace, out: 
     atomic_write_text(out.with_suffix(".search.json"), json.dumps(report, indent=1) + "\n")
 
 
-if __name__ == "__main__":
-    from ..cli import main as top_main
-
-    sys.exit(top_main(["search"] + sys.argv[1:]))
+if __name__ == "__main__":  # `lighthubert-s3prl search` is the documented way; this keeps -m working
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

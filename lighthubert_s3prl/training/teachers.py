@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointError, build_supernet, load_checkpoint
-from ..config import ConfigError, resolve_subnet
+from ..model.checkpoint import CheckpointError, build_supernet, load_checkpoint
+from ..model.config import ConfigError, resolve_subnet
 from .config import TeacherConfig
 from .data import Batch
 
@@ -78,7 +78,7 @@ class LightHuBERTTeacher(Teacher):
     def from_checkpoint(cls, ckpt: str, subnet: Any = None) -> "LightHuBERTTeacher":
         loaded = load_checkpoint(ckpt)
         if loaded.kind == "compact":
-            from ..compact import build_compact
+            from ..model.compact import build_compact
 
             return cls(build_compact(loaded), loaded.path.stem)
         model = build_supernet(loaded)
@@ -88,7 +88,7 @@ class LightHuBERTTeacher(Teacher):
     @classmethod
     def from_entry(cls, name: str, ckpt: Optional[str], model_config: Optional[str], subnet: Any) -> "LightHuBERTTeacher":
         """Through one of our hub entries (lighthubert_small, lighthubert_local...), official-file lookup included."""
-        from ..hubconf import ENTRIES
+        from ..upstream.hubconf import ENTRIES
 
         kwargs = {"subnet": subnet} if subnet is not None else {}
         try:
@@ -108,7 +108,7 @@ class LightHuBERTTeacher(Teacher):
 
 
 def _s3prl_hub() -> Any:
-    from ..run_downstream import prepare_runtime, register
+    from ..upstream.run_downstream import prepare_runtime, register
 
     import s3prl.hub as hub
 
@@ -176,7 +176,7 @@ class S3prlTeacher(Teacher):
 
 def build_teacher(cfg: TeacherConfig, device: torch.device) -> Teacher:
     """The frozen teacher a config names, on ``device``, probed for its output sizes."""
-    from ..hubconf import ENTRIES
+    from ..upstream.hubconf import ENTRIES
 
     if not cfg.name:
         teacher: Teacher = LightHuBERTTeacher.from_checkpoint(str(cfg.ckpt), cfg.subnet)

@@ -34,8 +34,8 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..checkpoint import save_checkpoint
-from ..config import ConfigError
+from ..model.checkpoint import save_checkpoint
+from ..model.config import ConfigError
 from .config import TrainingConfig
 from .data import Batch, ResumableBatchSampler, build_dataset, collate, fixed_batches
 from .distill import DistillTask, build_task

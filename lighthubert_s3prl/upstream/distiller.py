@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 import torch.nn as nn
 
-from ..checkpoint import CheckpointError
-from ..expert import UpstreamExpert
+from ..model.checkpoint import CheckpointError
+from .expert import UpstreamExpert
 
 
 class DistillerExpert(UpstreamExpert):

@@ -16,10 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from .checkpoint import build_supernet, load_checkpoint
-from .compact import CompactLightHuBERT, build_compact
-from .config import ConfigError, count_parameters, resolve_subnet
-from .supernet import PADDING_MODES
+from ..model.checkpoint import build_supernet, load_checkpoint
+from ..model.compact import CompactLightHuBERT, build_compact
+from ..model.config import ConfigError, count_parameters, resolve_subnet
+from ..model.supernet import PADDING_MODES
 
 logger = logging.getLogger(__name__)
 

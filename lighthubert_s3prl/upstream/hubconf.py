@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from .checkpoint import CheckpointError
+from ..io_utils import offline
+from ..model.checkpoint import CheckpointError
 from .expert import UpstreamExpert
-from .io_utils import offline
 
 OFFICIAL_URL = "https://huggingface.co/mechanicalsea/lighthubert/resolve/main/{name}.pt"
 OFFICIAL_NAMES = ("lighthubert_small", "lighthubert_base", "lighthubert_stage1")
@@ -104,7 +104,7 @@ def lighthubert_url(ckpt: str, refresh: bool = False, model_config: Optional[str
 
 def distiller_local(ckpt: Optional[str] = None, model_config: Optional[str] = None, **kwargs: Any) -> UpstreamExpert:
     """An EKD / DistilHuBERT-style student from ``lighthubert-s3prl train ekd`` (-k PATH); adds ``paper`` and ``pred_heads``."""
-    from .training.distiller import distiller_local as entry
+    from .distiller import distiller_local as entry
 
     return entry(ckpt, model_config, **kwargs)
 

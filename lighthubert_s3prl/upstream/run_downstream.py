@@ -26,7 +26,7 @@ def prepare_runtime() -> None:
     # which refuses it, breaking -e (evaluate/resume) and -a (auto-resume)
     torch.serialization.add_safe_globals([argparse.Namespace])
     try:
-        from .superb import recipe_patches
+        from . import recipe_patches
     except ImportError:
         return
     recipe_patches.apply()
