@@ -60,7 +60,31 @@ def summarise(pairs: Sequence[Tuple[str, str]], patterns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def forget_missed(patterns: Sequence[str], root: Path = Path("mutants")) -> int:
+    """Clear mutmut's verdict for every missed mutant matching ``patterns``, so the next run judges it again."""
+    import json
+
+    missed_codes = {0, 5, 33, 35}  # survived, no tests (two codes), suspicious
+    forgotten = 0
+    for meta in root.rglob("*.py.meta"):
+        data = json.loads(meta.read_text())
+        codes = data.get("exit_code_by_key", {})
+        names = [n for n, code in codes.items()
+                 if code in missed_codes and (not patterns or any(fnmatch.fnmatchcase(n, p) for p in patterns))]
+        for name in names:
+            codes[name] = None
+        if names:
+            tmp = meta.with_name(meta.name + ".tmp")
+            tmp.write_text(json.dumps(data))
+            tmp.replace(meta)
+            forgotten += len(names)
+    return forgotten
+
+
 def main(argv: Sequence[str]) -> int:
+    if argv and argv[0] == "--forget-missed":
+        print(f"[mutation] {forget_missed(argv[1:])} missed mutants will be judged again")
+        return 0
     mutmut = Path(sys.executable).with_name("mutmut")
     print(summarise(read_results(mutmut), argv))
     return 0

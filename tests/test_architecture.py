@@ -9,7 +9,7 @@ bottom first (docs/architecture.md explains what lives where):
     model      model/ and the top-level package, which re-exports the config API and holds __version__
     upstream   upstream/ and the root run_downstream module, kept because users type its path
     superb, training   side by side: each may use the layers below, never the other
-    commands   commands/ and __main__
+    commands   commands/, __main__ and the root cli module (the path earlier releases documented)
 
 A module may import its own layer and the layers below it. The hidden-set folder's bundle of inference
 modules is checked here too: it must hold everything those modules import, or the folder cannot load.
@@ -31,7 +31,7 @@ SUBPACKAGE_LAYER: Dict[str, str] = {"model": "model", "upstream": "upstream", "s
                                     "training": "training", "commands": "commands"}
 # root modules, by name relative to the package ("" is the package's own __init__)
 ROOT_LAYER: Dict[str, str] = {"io_utils": "utilities", "hardware": "utilities", "": "model",
-                              "run_downstream": "upstream", "__main__": "commands"}
+                              "run_downstream": "upstream", "__main__": "commands", "cli": "commands"}
 # installed from downstream_configs/ by setup.py: YAML and text files, no code
 DATA_PACKAGES = ("downstream_configs",)
 
@@ -285,6 +285,7 @@ def test_checker_flags_a_stale_path(tmp_path):
 @pytest.mark.parametrize("module, layer", [
     ("lighthubert_s3prl", "model"), ("lighthubert_s3prl.io_utils", "utilities"),
     ("lighthubert_s3prl.run_downstream", "upstream"), ("lighthubert_s3prl.__main__", "commands"),
+    ("lighthubert_s3prl.cli", "commands"),
     ("lighthubert_s3prl.superb.runner", "superb"), ("lighthubert_s3prl.model", "model"),
 ])
 def test_layer_of_known_modules(module, layer):

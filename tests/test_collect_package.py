@@ -505,3 +505,341 @@ def test_package_hidden_end_to_end(tmp_path):
     report = package.build_hidden(ckpt, str(subnet), tmp_path / "hidden")
     assert report["tasks"]["PR"]["rate"] == 320 and report["tasks"]["PR"]["layers"] == 11
     assert report["requirements"] == ["torch", "pyyaml"]  # the folder bundles its inference code
+
+
+# ----------------------------------------------------------------------------------------------------
+# collect: s3prl's own files, field by field
+
+
+def _train_files(expdir: Path, config: dict, steps=()) -> Path:
+    """An expdir holding s3prl's args/config pair of a training run with ``config`` and these checkpoints."""
+    expdir.mkdir(parents=True, exist_ok=True)
+    (expdir / "args_2026-01-01-00-00-00.yaml").write_text(yaml.safe_dump({"downstream": "speech_commands",
+                                                                          "mode": "train"}))
+    (expdir / "config_2026-01-01-00-00-00.yaml").write_text(yaml.safe_dump(config))
+    for step in steps:
+        (expdir / f"states-{step}.ckpt").write_bytes(b"x")
+    return expdir
+
+
+@pytest.mark.parametrize("runner_section, steps, expected", [
+    ({"total_steps": 25, "save_step": 10}, (10, 20), True),  # s3prl's last save is at 20 when 25 % 10 = 5
+    ({"total_steps": 25, "save_step": 10}, (10,), False),
+    ({"total_steps": 25}, (24,), False),  # no save_step: a save may fall on any step, so 25 is the last
+    ({"total_steps": 25}, (25,), True),
+    ({"total_steps": 25, "save_step": None}, (24,), False),  # an empty save_step counts as 1 too
+    ({"total_steps": 25, "save_step": 0}, (24,), False),
+    ({"save_step": 5}, (5,), True),  # no total_steps recorded: any saved checkpoint ends it
+    (None, (3,), True),  # a config without a runner section: the same
+], ids=["last_save_before_total", "early", "no_save_step", "no_save_step_done", "save_step_null", "save_step_0",
+        "no_total_steps", "no_runner_section"])
+def test_training_complete_rounds_total_steps_down_to_the_last_save(tmp_path, runner_section, steps, expected):
+    """Training is finished once the newest checkpoint is at the last multiple of save_step that does not
+    exceed total_steps, the last step at which s3prl saves."""
+    config = {"downstream_expert": {}} if runner_section is None else {"runner": runner_section}
+    expdir = _train_files(tmp_path / "ks", config, steps)
+    assert collect._training_complete(expdir) is expected
+
+
+def test_training_complete_is_unknown_without_checkpoints_and_false_without_a_config(tmp_path):
+    """No checkpoint: nothing to judge by (None), config or not. Checkpoints but no training config: the
+    total is unknown, so training is not taken as finished (False, not None)."""
+    (tmp_path / "empty").mkdir()
+    assert collect._training_complete(tmp_path / "empty") is None
+    config_only = _train_files(tmp_path / "config_only", {"runner": {"total_steps": 10, "save_step": 10}})
+    assert collect._training_complete(config_only) is None
+    ckpts_only = tmp_path / "ckpts_only"
+    ckpts_only.mkdir()
+    (ckpts_only / "states-10.ckpt").write_bytes(b"x")
+    assert collect._training_complete(ckpts_only) is False
+    # so such a folder is shown as still training, not as trained and untested
+    assert collect.unit_result("ks", ckpts_only).status == "running"
+
+
+def test_plain_asv_expdir_reports_the_lowest_last_eer_over_checkpoint_logs(tmp_path):
+    """test_expdir.sh writes one log per checkpoint; each log's last EER counts, the lowest of them is
+    reported, and a log that is not valid UTF-8 is still read."""
+    asv = tmp_path / "sv"
+    _s3prl_files(asv, "asv", steps=(10, 20, 30, 40), total=40)
+    logs = {10: b"sv-voxceleb1/test-EER: 0.3\n",
+            20: b"\xff\xfe noise\nsv-voxceleb1/test-EER: 0.5\nsv-voxceleb1/test-EER: 0.125\n",
+            30: b"sv-voxceleb1/test-EER: 0.25\n",
+            40: b"interrupted before the score\n"}
+    for step, text in logs.items():
+        (asv / f"states-{step}").mkdir()
+        (asv / f"states-{step}" / "log.txt").write_bytes(text)
+    assert collect.unit_result("asv", asv) == collect.TaskResult(
+        "asv", "done", 12.5, "best of 3 checkpoints (states-20)", "states-*/log.txt (test_expdir.sh)")
+
+
+def test_plain_log_of_an_evaluate_run_is_reported_with_its_source(tmp_path):
+    """An ``-m evaluate`` run logs its test score at step 0; the row names the log it came from, and bytes
+    that are not UTF-8 (a progress bar cut mid-character) do not stop the reading."""
+    ks = tmp_path / "ks_run"
+    _s3prl_files(ks, "ks", total=20, steps=(10,))  # training unfinished: the evaluate line still counts
+    (ks / "log.log").write_bytes(b"dev at step 10: 0.5\n\xe2\x96 progress\ntest at step 0: 0.75\n")
+    assert collect.unit_result("ks", ks) == collect.TaskResult("ks", "done", 75.0, "s3prl -m evaluate",
+                                                               str(ks / "log.log"))
+
+
+def test_plain_log_of_a_finished_training_is_reported_with_its_source(tmp_path):
+    ic = tmp_path / "ic_run"
+    _s3prl_files(ic, "ic", total=8, save=4, steps=(4, 8))
+    (ic / "log.log").write_bytes(b"dev at step 4: 0.5\nNew best on dev at step 4: 0.5\ntest at step 4: 0.625\n"
+                                 b"\xff\ndev at step 8: 0.25\ntest at step 8: 0.875\n")
+    assert collect.unit_result("ic", ic) == collect.TaskResult("ic", "done", 62.5, "test at dev-best step 4",
+                                                               str(ic / "log.log"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# package: archive bytes, sources and messages in full
+
+
+def _raises(call, *args) -> str:
+    with pytest.raises(package.PackageError) as err:
+        call(*args)
+    return str(err.value)
+
+
+def test_public_archive_members_order_times_and_modes(full_root, tmp_path):
+    """The archive is what `zip -r predict.zip predict/` gives: the folder entries first (empty, drwxr-xr-x
+    with the MS-DOS directory bit), then the files in path order (deflated, rw-r--r--), every member
+    dated 2020-01-01 so that the same predictions always give the same bytes."""
+    sources = {"ks": full_root / "ks", "asv": full_root / "asv", "asr": full_root / "asr"}
+    out = tmp_path / "predict.zip"
+    assert package.build_public(sources, out) == (out, {"asr": 3, "ks": 3, "asv": 3})
+    when, folder_mode, file_mode = (2020, 1, 1, 0, 0, 0), 0x41ED0010, 0x01A40000  # 0o40755 << 16 | 0x10, 0o644 << 16
+    data = {"predict/asr_public/predict.ark": (full_root / "asr" / "test-clean-noLM-hyp.ark").read_bytes(),
+            "predict/ks_public/predict.txt": (full_root / "ks" / "test_predict.txt").read_bytes(),
+            "predict/sv_public/predict.txt": (full_root / "asv" / "test_predict.txt").read_bytes()}
+    expected = [(name, when, folder_mode, zipfile.ZIP_STORED, 0) for name in
+                ("predict/", "predict/asr_public/", "predict/ks_public/", "predict/sv_public/")]
+    expected += [(name, when, file_mode, zipfile.ZIP_DEFLATED, len(body)) for name, body in data.items()]
+    with zipfile.ZipFile(out) as archive:
+        assert [(i.filename, i.date_time, i.external_attr, i.compress_type, i.file_size)
+                for i in archive.infolist()] == expected
+        assert {name: archive.read(name) for name in data} == data
+
+
+def test_public_without_sources_says_how_to_give_them(tmp_path):
+    assert _raises(package.build_public, {}, tmp_path / "p.zip") == \
+        "nothing to package: give --exp KEY=DIR (repeatable) or --from EXP_ROOT"
+
+
+def test_asv_predictions_must_be_the_sweeps_choice(full_root):
+    """ASV predictions are accepted when they are the checkpoint sweep's, or when s3prl's test_expdir.sh
+    chose them (a symlink to the best checkpoint's file next to its report.txt) — only both together."""
+    asv = full_root / "asv"
+    pred = asv / "test_predict.txt"
+    pred.write_text("a0_b0 0.9\na1_b1 0.9\na2_b2 0.9\n")  # same count, not the sweep's bytes
+    assert _raises(package.source_file, package.ENTRIES["asv"], asv) == (
+        f"asv: {pred} differs from the predictions the checkpoint sweep chose (states-10.ckpt); "
+        "re-run scripts/run_superb.sh --tasks asv to redo the sweep")
+
+
+def test_asv_predictions_picked_by_test_expdir_need_the_link_and_the_report(tmp_path):
+    entry = package.ENTRIES["asv"]
+    not_chosen = ("asv: {pred} was not chosen by a checkpoint sweep (no superb_asv_sweep.json in {expdir}). ASV has "
+                  "no dev set: every states-*.ckpt must be evaluated on the test trials and the best EER's "
+                  "predictions kept; run scripts/run_superb.sh --tasks asv (it does the sweep)")
+
+    def expdir(name: str, link: bool, report: bool) -> Path:
+        d = tmp_path / name
+        (d / "states-20").mkdir(parents=True)
+        (d / "states-20" / "test_predict.txt").write_text("a_b 0.5\nc_d 0.25\n")
+        (d / "test_truth.txt").write_text("1 a b\n0 c d\n")
+        if link:
+            (d / "test_predict.txt").symlink_to(d / "states-20" / "test_predict.txt")
+        else:
+            (d / "test_predict.txt").write_text("a_b 0.5\nc_d 0.25\n")
+        if report:
+            (d / "report.txt").write_text("states-20 EER 0.25\n")
+        return d
+
+    picked = expdir("picked", link=True, report=True)
+    assert package.source_file(entry, picked) == picked / "test_predict.txt"
+    for name, link, report in (("link_only", True, False), ("report_only", False, True)):
+        d = expdir(name, link, report)
+        assert _raises(package.source_file, entry, d) == not_chosen.format(pred=d / "test_predict.txt", expdir=d)
+
+
+def test_source_file_counts_predictions_against_a_non_empty_truth_file(tmp_path):
+    """The line count is checked against the truth file when there is one with content; without one (or
+    for an entry that names none) the predictions are taken as they are."""
+    ks = tmp_path / "ks"
+    ks.mkdir()
+    entry = package.ENTRIES["ks"]
+    assert _raises(package.source_file, entry, ks) == f"ks: no test_predict.txt in {ks} (has the test been run?)"
+    pred = ks / "test_predict.txt"
+    pred.write_text("a yes\nb no\n")
+    assert package.source_file(entry, ks) == pred  # no truth file, no result file
+    no_truth = package.Entry("ks", "test_predict.txt", "predict/ks_public/predict.txt", "label")
+    assert package.source_file(no_truth, ks) == pred
+    truth = ks / "test_truth.txt"
+    truth.write_text("")  # empty: says nothing about the count
+    assert package.source_file(entry, ks) == pred
+    truth.write_text("a")  # a single item, even without a newline, is counted
+    assert _raises(package.source_file, entry, ks) == (
+        f"ks: {pred} has 2 predictions but test_truth.txt lists 1 test items (an interrupted or mismatched "
+        "evaluation?)")
+    truth.write_text("a yes\nb no\n")
+    assert package.source_file(entry, ks) == pred
+
+
+def test_source_file_checks_the_hash_only_of_the_file_the_runner_tested(tmp_path):
+    ks = tmp_path / "ks"
+    ks.mkdir()
+    entry = package.ENTRIES["ks"]
+    pred = ks / "test_predict.txt"
+    pred.write_text("a yes\nb no\n")
+    stale = "0" * 64
+    result = ks / units.RESULT_FILE
+    result.write_text(json.dumps({"value": 0.5}))  # an older result without hashes
+    assert package.source_file(entry, ks) == pred
+    result.write_text(json.dumps({"prediction_file": "other_predict.txt", "prediction_sha256": stale}))
+    assert package.source_file(entry, ks) == pred  # the hash is of another file
+    result.write_text(json.dumps({"prediction_file": "test_predict.txt", "prediction_sha256": stale,
+                                  "ckpt": "dev-best.ckpt"}))
+    assert _raises(package.source_file, entry, ks) == (
+        f"ks: {pred} changed after the runner tested dev-best.ckpt (another evaluation overwrote it?); re-run "
+        "the test step")
+
+
+def test_exp_arguments_split_at_the_first_equals_sign(tmp_path):
+    assert package.parse_exp_args(["ks=/data/run=2/ks", "SV=/data/asv"]) == {"ks": Path("/data/run=2/ks"),
+                                                                          "asv": Path("/data/asv")}
+    for item in ("ks=", "ks"):
+        assert _raises(package.parse_exp_args, [item]) == f"--exp {item!r}: expected KEY=DIR, e.g. --exp ks=exp/ks"
+    assert _raises(package.parse_exp_args, ["qbe=/x"]) == (
+        "--exp 'qbe=/x': unknown task key 'qbe'; use one of pr, asr, asr_lm, ks, ic, sid, asv, er_fold1, er_fold2, "
+        "er_fold3, er_fold4, er_fold5 (or er=DIR for all five folds)")
+
+
+def test_exp_arguments_refuse_a_task_given_twice(tmp_path):
+    assert _raises(package.parse_exp_args, ["sv=/a", "asv=/b"]) == "--exp gives asv more than once"
+    assert _raises(package.parse_exp_args, ["er_fold2=/a", "er1=/b", "er=/e"]) == \
+        "--exp gives er_fold1, er_fold2 more than once"
+
+
+def test_er_directory_holds_fold_expdirs_or_the_files_themselves(tmp_path):
+    """``er=DIR``: a fold's subfolder is used when it exists, DIR itself otherwise."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    assert package.parse_exp_args([f"er={flat}"]) == {f"er_fold{i}": flat for i in range(1, 6)}
+    mixed = tmp_path / "mixed"
+    (mixed / "fold2").mkdir(parents=True)
+    assert package.parse_exp_args([f"er={mixed}"]) == {"er_fold1": mixed, "er_fold2": mixed / "fold2",
+                                                       "er_fold3": mixed, "er_fold4": mixed, "er_fold5": mixed}
+
+
+def _zip(path: Path, members: Dict[str, bytes], folders=()) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for folder in folders:
+            archive.writestr(zipfile.ZipInfo(folder), b"")
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_validate_archive_messages(tmp_path):
+    missing = tmp_path / "missing.zip"
+    assert _raises(package.validate_archive, missing) == f"{missing}: no such file"
+    stray = _zip(tmp_path / "stray.zip", {"ks_public/predict.txt": b"a yes\n"})
+    assert _raises(package.validate_archive, stray) == (
+        f"{stray}: unexpected member 'ks_public/predict.txt'; a public-set submission holds only "
+        "predict/<task>_public/predict.{ark,txt,csv}")
+    extra = _zip(tmp_path / "extra.zip", {"predict/ks_public/predict.txt": b"a yes\n"}, folders=["predict/extra/"])
+    assert _raises(package.validate_archive, extra) == (
+        f"{extra}: unexpected folder 'predict/extra/'; the layout is predict/<task>_public/")
+    empty = _zip(tmp_path / "empty.zip", {}, folders=["predict/", "predict/ks_public/"])
+    assert _raises(package.validate_archive, empty) == f"{empty} holds no prediction file"
+
+
+def test_validate_archive_reports_a_corrupt_member(tmp_path):
+    """A member whose bytes no longer match their CRC is reported by name (not as a zipfile traceback)."""
+    path = _zip(tmp_path / "p.zip", {"predict/ks_public/predict.txt": b"a yes\nb no\n"})  # stored, not deflated
+    raw = path.read_bytes()
+    assert raw.count(b"a yes\nb no\n") == 1
+    path.write_bytes(raw.replace(b"a yes\nb no\n", b"a yes\nb NO\n"))
+    assert _raises(package.validate_archive, path) == f"{path}: member predict/ks_public/predict.txt is corrupt"
+
+
+def test_validate_prints_every_file_in_archive_order(tmp_path, capsys):
+    path = _zip(tmp_path / "p.zip", {"predict/sv_public/predict.txt": b"a_b 0.5\n",
+                                     "predict/ks_public/predict.txt": b"a yes\nb no\n",
+                                     "predict/asr_public/predict.ark": b"u1 HI\nu2 \nu3 YO\n"})
+    assert cli_main(["package", "validate", str(path)]) == 0
+    rows = [("predict/asr_public/predict.ark", 3), ("predict/ks_public/predict.txt", 2),
+            ("predict/sv_public/predict.txt", 1)]
+    assert capsys.readouterr().out == "".join(f"  {dest.ljust(36)} {str(n).rjust(7)} lines\n" for dest, n in rows) + \
+        f"{path}: valid public-set submission (3 file(s))\n"
+
+
+HIDDEN_REPORT = {"tasks": {t: {"layers": 11, "shape": [3, 185, 64], "rate": 320} for t in package.HIDDEN_TASKS},
+                 "params": 422016}
+
+
+def test_validate_hidden_prints_the_report(tmp_path, capsys, monkeypatch):
+    """The report line shows PR's forward pass, the task count and the parameters, plus a note when the
+    folder needs this package installed."""
+    report = dict(HIDDEN_REPORT, requirements=["torch", "lighthubert-s3prl"])
+    report["tasks"] = dict(report["tasks"], SID={"layers": 2, "shape": [1, 2, 3], "rate": 160})
+    seen = []
+    monkeypatch.setattr(package, "validate_hidden_folder", lambda folder: seen.append(folder) or report)
+    assert cli_main(["package", "validate-hidden", str(tmp_path)]) == 0
+    assert seen == [str(tmp_path)]
+    assert capsys.readouterr().out == (
+        "  forward: 11 hidden states of shape [3, 185, 64] for 3 test wavs, rate 320; all 11 task keys pass; "
+        "422016 parameters\n"
+        "  note: requirements.txt lists lighthubert-s3prl, so the evaluators must be able to pip-install it\n"
+        f"{tmp_path}: valid hidden-set folder\n")
+
+
+def test_package_hidden_prints_the_report_without_a_parameter_count(tmp_path, capsys, monkeypatch):
+    report = dict(HIDDEN_REPORT, params=None, requirements=["torch", "pyyaml"])
+    monkeypatch.setattr(package, "build_hidden", lambda ckpt, subnet, out, validate: report)
+    out = tmp_path / "h"
+    assert cli_main(["package", "hidden", "--ckpt", "x.pt", "--subnet", "small", "-o", str(out)]) == 0
+    assert capsys.readouterr().out == (
+        f"{out}: hidden-set folder written and validated\n"
+        "  forward: 11 hidden states of shape [3, 185, 64] for 3 test wavs, rate 320; all 11 task keys pass; "
+        "? parameters\n")
+    package._print_hidden(HIDDEN_REPORT)  # a report that lists no requirements has no note
+    assert capsys.readouterr().out == (
+        "  forward: 11 hidden states of shape [3, 185, 64] for 3 test wavs, rate 320; all 11 task keys pass; "
+        "422016 parameters\n")
+
+
+def test_build_hidden_writes_the_requested_subnet_and_validates_that_folder(tmp_path, monkeypatch):
+    """The folder holds the subnet asked for, exported from the checkpoint given, and is then checked
+    (by default) in the place it was written."""
+    import torch
+
+    from lighthubert_s3prl.model.checkpoint import tiny_model_config, write_random_checkpoint
+
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
+    ckpt = write_random_checkpoint(tmp_path / "tiny.pt", "small", seed=3, model_cfg=tiny_model_config())
+    subnet = tmp_path / "subnet.yaml"
+    subnet.write_text("subnet: {embed_dim: 64, layer_num: 10, heads_num: 1, ffn_ratio: 2.0}\n")
+    checked = []
+    monkeypatch.setattr(package, "validate_hidden_folder", lambda folder: checked.append(folder) or {"ok": 1})
+    out = tmp_path / "hidden"
+    assert package.build_hidden(ckpt, str(subnet), out) == {"ok": 1}
+    assert checked == [out]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hidden", "subnet.yaml", "tiny.pt"]
+    saved = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
+    assert saved["source"] == "tiny.pt"
+    assert {k: saved["subnet"][k] for k in ("embed_dim", "layer_num", "heads_num", "ffn_embed")} == \
+        {"embed_dim": 64, "layer_num": 10, "heads_num": [1] * 10, "ffn_embed": [128] * 10}
+
+
+def test_build_hidden_without_validation_passes_its_arguments_through(tmp_path, monkeypatch):
+    from lighthubert_s3prl.upstream import hidden_set
+
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"x")
+    written, checked = [], []
+    monkeypatch.setattr(hidden_set, "write_hidden_set_folder", lambda *args: written.append(args))
+    monkeypatch.setattr(package, "validate_hidden_folder", lambda folder: checked.append(folder) or {"ok": 1})
+    assert package.build_hidden(ckpt, "small", tmp_path / "h", validate=False) == {}
+    assert written == [(str(ckpt), "small", str(tmp_path / "h"))] and checked == []

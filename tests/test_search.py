@@ -9,9 +9,13 @@ per-layer sequence of a reduced space.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 import json
-from typing import Dict, List, Optional, Set, Tuple
+import random
+import re
+import types
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import pytest
 
@@ -26,7 +30,17 @@ from lighthubert_s3prl.model.config import (
     largest_subnet_under_budget,
     resolve_subnet,
 )
-from lighthubert_s3prl.training.search import Budget, search
+from lighthubert_s3prl.model.checkpoint import tiny_model_config
+from lighthubert_s3prl.training import search as search_module
+from lighthubert_s3prl.training.search import (
+    Budget,
+    _crossover,
+    _mutate,
+    _to_genome,
+    _to_subnet,
+    search,
+    subnet_macs,
+)
 
 # The standard supernet's CNN: seven bias-free convs, 512 channels (kernel 10, then 3 x4, then 2 x2), and a
 # GroupNorm (weight and bias) after the first one.
@@ -199,3 +213,481 @@ def test_evolutionary_search_reaches_the_known_optimum():
     assert all(EVO_SPACE.contains(s) and independent_parameters(s) <= EVO_BUDGET for s in scored)
     # a random search over as many samples as the evolution drew does not get there
     assert _evolve(generations=40, algorithm="random").best_score > 0.0
+
+
+# --------------------------------------------------------------------------------------------------- search loop
+LOOSE = 10 ** 9  # a parameter budget every subnet of EVO_SPACE fits
+
+
+def hashed_score(s: SubnetConfig) -> float:
+    """A fixed pseudo-random score per subnet: distinct subnets get distinct scores, unrelated to their size."""
+    return int(hashlib.sha256(s.describe().encode()).hexdigest()[:12], 16) / 16 ** 12
+
+
+def genome_of(s: SubnetConfig) -> tuple:
+    """(width, depth, heads per layer, FFN ratio per layer): how the search encodes a subnet."""
+    return (s.embed_dim, s.layer_num, tuple(s.heads_num), tuple(f / s.embed_dim for f in s.ffn_embed))
+
+
+def subnet_of(g: tuple) -> SubnetConfig:
+    E, L, heads, ratios = g
+    return SubnetConfig(E, L, tuple(heads), tuple(int(r * E) for r in ratios))
+
+
+class Trace:
+    """In order: every random() draw of the search's generator, every _crossover and _mutate call (arguments
+    and result) and every scored subnet."""
+
+    def __init__(self) -> None:
+        self.events: List[Tuple[str, Any]] = []
+
+    def score(self, s: SubnetConfig) -> float:
+        self.events.append(("score", s))
+        return hashed_score(s)
+
+    def scored(self) -> List[SubnetConfig]:
+        return [x for kind, x in self.events if kind == "score"]
+
+    def calls(self, kind: str) -> List[Dict[str, Any]]:
+        return [x for k, x in self.events if k == kind]
+
+    def segments(self) -> List[Tuple[List[Tuple[str, Any]], List[SubnetConfig]]]:
+        """(events, then the subnets scored right after them): the first population, then one per generation."""
+        out: List[Tuple[List[Tuple[str, Any]], List[SubnetConfig]]] = [([], [])]
+        for kind, x in self.events:
+            if kind == "score":
+                out[-1][1].append(x)
+            else:
+                if out[-1][1]:
+                    out.append(([], []))
+                out[-1][0].append((kind, x))
+        return out
+
+    @staticmethod
+    def attempts(events: Sequence[Tuple[str, Any]]) -> List[Dict[str, Any]]:
+        """Breeding attempts of one generation: the draw that chose crossover or not (the last random() before
+        the attempt's first call), the crossover call if any, and the _mutate call that made the child."""
+        out: List[Dict[str, Any]] = []
+        last_u, pending = None, None
+        for kind, x in events:
+            if kind == "u":
+                last_u = x
+            elif kind == "crossover":
+                pending = (last_u, x)
+            elif kind == "mutate":
+                if pending is not None:
+                    out.append({"u": pending[0], "crossover": pending[1], "mutate": x})
+                    pending = None
+                else:
+                    out.append({"u": last_u, "crossover": None, "mutate": x})
+        return out
+
+
+@pytest.fixture
+def trace(monkeypatch) -> Trace:
+    t = Trace()
+
+    class LoggedRandom(random.Random):
+        def random(self) -> float:
+            u = super().random()
+            t.events.append(("u", u))
+            return u
+
+        def getrandbits(self, k: int) -> int:  # defined so choice() and sample() draw exactly as random.Random's
+            return super().getrandbits(k)
+
+    crossover, mutate = search_module._crossover, search_module._mutate
+
+    def logged_crossover(a, b, rng):
+        call: Dict[str, Any] = {"a": a, "b": b}
+        t.events.append(("crossover", call))
+        call["child"] = crossover(a, b, rng)
+        return call["child"]
+
+    def logged_mutate(g, space, rng, p):
+        call: Dict[str, Any] = {"g": g, "p": p}
+        t.events.append(("mutate", call))
+        call["child"] = mutate(g, space, rng, p)
+        return call["child"]
+
+    monkeypatch.setattr(search_module, "random", types.SimpleNamespace(Random=LoggedRandom))
+    monkeypatch.setattr(search_module, "_crossover", logged_crossover)
+    monkeypatch.setattr(search_module, "_mutate", logged_mutate)
+    return t
+
+
+def _history(scored: Sequence[SubnetConfig]) -> List[Dict[str, Any]]:
+    return [{"subnet": s.describe(), "cost": independent_parameters(s), "score": hashed_score(s)} for s in scored]
+
+
+@pytest.mark.parametrize("algorithm,population,generations,expected", [
+    ("random", 3, 2, 9),  # population x (generations + 1) samples, the baseline among them
+    ("random", 4, 0, 4),
+    ("evolutionary", 5, 0, 5),  # the first population only
+])
+def test_first_population_size_and_history(trace, algorithm, population, generations, expected):
+    """The baseline (here the space's largest subnet: everything fits) is scored first, then distinct random
+    members until the asked-for count; the history lists each with its cost and score."""
+    result = search(EVO_SPACE, Budget("params", LOOSE, ModelConfig()), trace.score, algorithm,
+                    population=population, generations=generations, seed=1)
+    scored = trace.scored()
+    assert len(scored) == len(set(scored)) == expected
+    assert scored[0] == result.baseline == SubnetConfig.uniform(384, 8, 1536, 12)
+    assert all(EVO_SPACE.contains(s) for s in scored)
+    assert not trace.calls("crossover") and not trace.calls("mutate")  # no breeding, no walk from the baseline
+    assert result.history == _history(scored)
+    assert result.best == min(scored, key=hashed_score) and result.best_score == hashed_score(result.best)
+    assert result.baseline_score == hashed_score(result.baseline)
+
+
+def test_search_is_reproducible_from_its_seed():
+    runs = [search(EVO_SPACE, Budget("params", LOOSE, ModelConfig()), hashed_score, "random", population=3,
+                   generations=1, seed=seed).history for seed in (4, 4, 5)]
+    assert runs[0] == runs[1] != runs[2]
+
+
+@pytest.mark.parametrize("mutation_prob", [0.4, 0.0])  # at 0, a mutated parent is that parent: not new
+def test_evolution_breeds_from_the_better_half(trace, mutation_prob):
+    """Each generation: parents are the best population//2 scored so far; a draw below 0.5 picks crossover of
+    two different parents followed by mutation at half the rate, otherwise one parent is mutated at the full
+    rate; the first population - parents children not scored before are scored, in the order they were bred."""
+    population = 8
+    result = search(EVO_SPACE, Budget("params", LOOSE, ModelConfig()), trace.score, "evolutionary",
+                    population=population, generations=4, mutation_prob=mutation_prob, seed=6)
+    segments = trace.segments()
+    assert len(segments) == 5
+    scored = list(segments[0][1])
+    assert len(scored) == population
+    crossovers = plain = 0
+    draws = [a["u"] for events, _ in segments[1:] for a in trace.attempts(events)]
+    assert any(0.45 <= u < 0.5 for u in draws) and any(0.5 <= u < 0.55 for u in draws)  # both sides of 0.5, close
+    for events, children in segments[1:]:
+        parents = {genome_of(s) for s in sorted(scored, key=hashed_score)[: population // 2]}
+        bred: List[SubnetConfig] = []
+        for attempt in trace.attempts(events):
+            cross, mutation = attempt["crossover"], attempt["mutate"]
+            if cross is not None:
+                crossovers += 1
+                assert attempt["u"] < 0.5
+                assert cross["a"] in parents and cross["b"] in parents and cross["a"] != cross["b"]
+                assert mutation["g"] == cross["child"] and mutation["p"] == mutation_prob / 2
+            else:
+                plain += 1
+                assert attempt["u"] >= 0.5
+                assert mutation["g"] in parents and mutation["p"] == mutation_prob
+            child = subnet_of(mutation["child"])
+            if child not in scored and child not in bred:
+                bred.append(child)
+        assert children == bred and len(children) == population - population // 2
+        scored += children
+    assert crossovers >= 3 and plain >= 3
+    assert result.best == min(scored, key=hashed_score)
+    assert result.history == _history(scored)
+
+
+@pytest.mark.parametrize("population,generations,expected", [
+    (3, 2, 3 + 1 + 1),  # parents: max(2, 3 // 2) = 2, so one child a generation
+    (2, 3, 2),  # two parents fill the population: nothing is bred
+    (6, 1, 6 + 3),
+])
+def test_children_per_generation(trace, population, generations, expected):
+    result = search(EVO_SPACE, Budget("params", LOOSE, ModelConfig()), trace.score, "evolutionary",
+                    population=population, generations=generations, seed=2)
+    assert len(trace.scored()) == len(set(trace.scored())) == len(result.history) == expected
+    ranked_first = sorted(trace.scored()[:population], key=hashed_score)[: max(2, population // 2)]
+    first_parents = {genome_of(s) for s in ranked_first}
+    first_gen = trace.attempts(trace.segments()[1][0]) if generations and expected > population else []
+    for attempt in first_gen:
+        cross = attempt["crossover"]
+        used = [cross["a"], cross["b"]] if cross else [attempt["mutate"]["g"]]
+        assert set(used) <= first_parents
+
+
+def test_equal_scores_go_to_the_cheaper_subnet():
+    """The winner is the lowest score, then the lowest cost: with every score equal, the cheapest subnet."""
+    scored: List[SubnetConfig] = []
+
+    def flat(s: SubnetConfig) -> float:
+        scored.append(s)
+        return 1.0
+
+    result = search(EVO_SPACE, Budget("params", LOOSE, ModelConfig()), flat, "random", population=4,
+                    generations=1, seed=0)
+    sizes = [independent_parameters(s) for s in scored]
+    assert len(scored) == 8 and sizes.count(min(sizes)) == 1
+    assert result.best == scored[sizes.index(min(sizes))] != result.baseline
+    assert result.best_score == result.baseline_score == 1.0
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"algorithm": "genetic"}, "--algorithm='genetic'; allowed values: ['evolutionary', 'random']"),
+    ({"population": 1}, "--population must be >= 2 and --generations >= 0"),
+    ({"generations": -1}, "--population must be >= 2 and --generations >= 0"),
+])
+def test_search_rejects_bad_settings(kwargs, message):
+    options = {"algorithm": "evolutionary", "population": 2, "generations": 0, **kwargs}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        search(EVO_SPACE, Budget("params", LOOSE, ModelConfig()), hashed_score, **options)
+
+
+def test_smallest_allowed_settings_run():
+    result = search(EVO_SPACE, Budget("params", LOOSE, ModelConfig()), hashed_score, "evolutionary",
+                    population=2, generations=0)
+    assert len(result.history) == 2
+
+
+def test_search_checks_the_budget_first():
+    small = SEARCH_SPACES["small"]
+    n = independent_parameters(small.min_subnet())  # 11,442,944
+    with pytest.raises(ConfigError, match=re.escape(
+            "budget too small: the smallest subnet of space 'small' (embed_dim=256 layers=10 heads=4 ffn=768) has "
+            "11,442,944 parameters, above --max-params=11,442,943; raise --max-params to at least 11,442,944")):
+        search(small, Budget("params", n - 1, ModelConfig()), hashed_score, population=2, generations=0)
+    result = search(small, Budget("params", n, ModelConfig()), hashed_score, population=2, generations=1)
+    assert result.best == result.baseline == small.min_subnet()  # the only subnet that fits
+
+
+class AdmitBudget:
+    """A budget that admits the subnets ``admits`` accepts, with a given baseline; cost is parameters."""
+
+    kind = "params"
+
+    def __init__(self, admits: Callable[[SubnetConfig], bool], baseline: SubnetConfig) -> None:
+        self.admits, self._baseline = admits, baseline
+
+    def check(self, space: SearchSpace) -> None:
+        pass
+
+    def baseline(self, space: SearchSpace) -> SubnetConfig:
+        return self._baseline
+
+    def cost(self, s: SubnetConfig) -> int:
+        return independent_parameters(s)
+
+    def fits(self, s: SubnetConfig) -> bool:
+        return self.admits(s)
+
+
+@pytest.fixture
+def samples(monkeypatch) -> List[SubnetConfig]:
+    """Make SearchSpace.sample always give the space's largest subnet (which these budgets reject); list the calls."""
+    drawn: List[SubnetConfig] = []
+
+    def largest(space: SearchSpace, rng=None) -> SubnetConfig:
+        drawn.append(space.max_subnet())
+        return drawn[-1]
+
+    monkeypatch.setattr(SearchSpace, "sample", largest)
+    return drawn
+
+
+def test_tight_budget_walks_from_the_baseline(trace, samples):
+    """When 200 samples in a row miss the budget, a member is drawn by mutating the baseline at p=0.5."""
+    baseline = EVO_SPACE.min_subnet()
+    budget = AdmitBudget(lambda s: s.embed_dim == 256 and s.layer_num == 10, baseline)
+    result = search(EVO_SPACE, budget, trace.score, "evolutionary", population=4, generations=0, seed=0)
+    scored = trace.scored()
+    assert scored[0] == baseline and len(scored) == len(set(scored)) == 4
+    assert all(s.embed_dim == 256 and s.layer_num == 10 for s in scored)
+    walks = trace.calls("mutate")
+    assert walks and all(w["g"] == genome_of(baseline) and w["p"] == 0.5 for w in walks)
+    assert len(samples) == 200 * 3  # three members, each found after 200 rejected samples
+    assert result.baseline == baseline
+
+
+# one option per gene except the heads: the walk from the baseline reaches the two admitted subnets often
+ONE_GENE = SearchSpace("one_gene", (256,), (4, 8), (3.0,), (10,), SubnetConfig.uniform(256, 4, 768, 10))
+
+
+def test_draw_gives_up_after_ten_rounds_per_member(trace, samples):
+    """A budget that admits fewer distinct subnets than asked for: the draw stops after 10 x population rounds."""
+    baseline = ONE_GENE.default
+    other = SubnetConfig(256, 10, (8,) + (4,) * 9, (768,) * 10)
+    result = search(ONE_GENE, AdmitBudget(lambda s: s in (baseline, other), baseline), trace.score,
+                    "evolutionary", population=3, generations=0, seed=0)
+    assert trace.scored() == [baseline, other]
+    assert len(samples) == 200 * 10 * 3
+    assert result.best == min((baseline, other), key=hashed_score)
+
+
+def test_nothing_fits_keeps_the_baseline_alone(trace, samples):
+    """No member fits: one draw (200 samples, then 200 walks) ends the first population; with a single parent
+    every generation makes 50 x population plain mutations and no crossover."""
+    baseline = EVO_SPACE.min_subnet()
+    result = search(EVO_SPACE, AdmitBudget(lambda s: False, baseline), trace.score, "evolutionary",
+                    population=3, generations=2, mutation_prob=0.3, seed=0)
+    assert len(samples) == 200
+    mutations = trace.calls("mutate")
+    walks = [m for m in mutations if m["p"] == 0.5]
+    assert len(walks) == 200 and all(w["g"] == genome_of(baseline) for w in walks)
+    bred = [m for m in mutations if m["p"] == 0.3]
+    assert len(bred) == len(mutations) - 200 == 2 * 50 * 3
+    assert all(m["g"] == genome_of(baseline) for m in bred) and not trace.calls("crossover")
+    assert trace.scored() == [baseline]
+    assert result.best == result.baseline == baseline and result.history == _history([baseline])
+
+
+# --------------------------------------------------------------------------------------------------- budgets
+STANDARD_CNN = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+
+
+def conv_frames(samples: int, conv=STANDARD_CNN) -> List[int]:
+    """Output length of each conv: floor((L - kernel) / stride) + 1."""
+    out = []
+    for _, k, s in conv:
+        samples = (samples - k) // s + 1
+        out.append(samples)
+    return out
+
+
+def independent_macs(subnet: SubnetConfig, seconds: float = 1.0, conv=STANDARD_CNN, conv_pos: int = 128,
+                     groups: int = 16) -> int:
+    """As the model runs: the CNN, the projection on T frames, the positional conv (K // 2 padding on both
+    sides: T + 1 outputs for an even kernel) and the layers on the sequence padded to an even length S."""
+    frames = conv_frames(int(seconds * 16000), conv)
+    cnn, in_dim = 0, 1
+    for (dim, k, _), n in zip(conv, frames):
+        cnn += n * dim * in_dim * k
+        in_dim = dim
+    T, E, C = frames[-1], subnet.embed_dim, conv[-1][0]
+    S = T + T % 2
+    total = cnn + T * C * E + (T + 1) * E * (E // groups) * conv_pos
+    for h, f in zip(subnet.heads_num, subnet.ffn_embed):
+        A = 64 * h
+        total += 4 * S * E * A + 2 * S * S * A + 2 * S * E * f
+    return total
+
+
+def test_parameter_budget_cost_fits_and_flag():
+    s = SEARCH_SPACES["small"].default
+    n = independent_parameters(s)
+    budget = Budget("params", n, ModelConfig())
+    assert budget.cost(s) == n and budget.fits(s)
+    assert not Budget("params", n - 1, ModelConfig()).fits(s)
+    assert budget.flag == "--max-params" and Budget("macs", n, ModelConfig()).flag == "--max-macs"
+    assert budget.baseline(SEARCH_SPACES["small"]) == DOCUMENTED_BUDGETS[1][2]  # the exact largest subnet
+
+
+@pytest.mark.parametrize("seconds", [1.0, 2.0])
+def test_mac_budget_costs_the_profiled_count(seconds):
+    for s in (SEARCH_SPACES["small"].default, SubnetConfig(256, 10, (4, 8) * 5, (768, 1024) * 5)):
+        m = independent_macs(s, seconds)
+        budget = Budget("macs", m, ModelConfig(), seconds)
+        assert budget.cost(s) == m and budget.fits(s)
+        assert not Budget("macs", m - 1, ModelConfig(), seconds).fits(s)
+
+
+def test_mac_budget_baseline_is_the_best_uniform_subnet():
+    space = SEARCH_SPACES["small"]
+    uniform = [SubnetConfig.uniform(E, h, int(r * E), d) for E in space.embed_dim for h in space.heads_num
+               for r in space.ffn_ratio for d in space.layer_num]
+    macs = {s: independent_macs(s) for s in uniform}
+    limit = macs[space.default]
+    assert list(macs.values()).count(limit) == 1
+    assert Budget("macs", limit, ModelConfig()).baseline(space) == space.default  # fits exactly
+    below = max((m, s) for s, m in macs.items() if m < limit)[1]
+    assert Budget("macs", limit - 1, ModelConfig()).baseline(space) == below != space.default
+    assert Budget("macs", 1, ModelConfig()).baseline(space) == space.min_subnet()  # nothing fits
+
+
+def test_mac_budget_too_small_is_explained():
+    space = SEARCH_SPACES["small"]
+    n = independent_macs(space.min_subnet(), 2.0)
+    with pytest.raises(ConfigError, match=re.escape(
+            f"budget too small: the smallest subnet of space 'small' (embed_dim=256 layers=10 heads=4 ffn=768) has "
+            f"{n:,} MACs per 2 s, above --max-macs=1,000; raise --max-macs to at least {n:,}")):
+        Budget("macs", 1000, ModelConfig(), 2.0).check(space)
+    Budget("macs", n, ModelConfig(), 2.0).check(space)  # exactly enough
+
+
+def test_mac_count_by_hand():
+    """Conv output lengths for 1 s of 16 kHz audio (floor((L - k) / s) + 1): 3199, 1599, 799, 399, 199, 99, 49;
+    for 0.5 s: 1599, 799, 399, 199, 99, 49, 24. Then post_extract_proj T*512*E, the positional conv on T + 1
+    outputs (even kernel, K // 2 padding) T*E*(E/16)*128, and per layer on the sequence padded to an even
+    length S: S*4*E*A + 2*S*S*A + 2*S*E*F with A = 64 * heads."""
+    def layers(S: int, E: int, heads, ffn) -> int:
+        return sum(S * 4 * E * 64 * h + 2 * S * S * 64 * h + 2 * S * E * f for h, f in zip(heads, ffn))
+
+    s = SubnetConfig(256, 6, (4, 8) * 3, (768, 1024) * 3)
+    cnn = 3199 * 512 * 10 + (1599 + 799 + 399 + 199) * 512 * 512 * 3 + (99 + 49) * 512 * 512 * 2
+    T, S = 49, 50
+    expected = cnn + T * 512 * 256 + (T + 1) * 256 * 16 * 128 + layers(S, 256, s.heads_num, s.ffn_embed)
+    assert subnet_macs(s, ModelConfig()) == expected
+    cnn = 1599 * 512 * 10 + (799 + 399 + 199 + 99) * 512 * 512 * 3 + (49 + 24) * 512 * 512 * 2
+    T = S = 24
+    expected = cnn + T * 512 * 256 + (T + 1) * 256 * 16 * 128 + layers(S, 256, s.heads_num, s.ffn_embed)
+    assert subnet_macs(s, ModelConfig(), 0.5) == expected
+    # the tiny model: 64-channel CNN, positional conv of kernel 16 in 4 groups
+    s = SubnetConfig(64, 10, (1, 2) * 5, (128, 256) * 5)
+    T, S = 49, 50
+    cnn = 3199 * 64 * 10 + (1599 + 799 + 399 + 199) * 64 * 64 * 3 + (99 + 49) * 64 * 64 * 2
+    expected = cnn + T * 64 * 64 + (T + 1) * 64 * 16 * 16 + layers(S, 64, s.heads_num, s.ffn_embed)
+    assert subnet_macs(s, tiny_model_config()) == expected
+
+
+# --------------------------------------------------------------------------------------------------- genomes
+GENOME_SPACE = SearchSpace("genome", (256, 384), (4, 8), (3.0, 3.5, 4.0), (10, 12),
+                           SubnetConfig.uniform(384, 8, 1536, 12))
+
+
+def test_genome_round_trip():
+    """FFN widths become ratios: the exact one when a ratio gives the width, else the nearest (first on a tie)."""
+    s = SubnetConfig(384, 4, (4, 8, 4, 8), (1344, 1400, 1440, 1500))
+    assert _to_genome(s, GENOME_SPACE) == (384, 4, (4, 8, 4, 8), (3.5, 3.5, 3.5, 4.0))
+    exact = SubnetConfig(256, 3, (8, 4, 8), (768, 896, 1024))
+    assert _to_genome(exact, GENOME_SPACE) == (256, 3, (8, 4, 8), (3.0, 3.5, 4.0))
+    assert _to_subnet((384, 2, (4, 8), (3.5, 3.0))) == SubnetConfig(384, 2, (4, 8), (1344, 1152))
+    assert _to_subnet((100, 1, (4,), (3.337,))) == SubnetConfig(100, 1, (4,), (333,))  # truncated, as int()
+    assert _to_subnet(_to_genome(exact, GENOME_SPACE)) == exact
+
+
+class ScriptedRng:
+    """random() gives the listed draws in turn, then 0.99 (above any rate: keep); choice() gives the first or
+    last option."""
+
+    def __init__(self, draws: Sequence[float], pick: str = "last") -> None:
+        self.draws, self.pick = list(draws), pick
+
+    def random(self) -> float:
+        return self.draws.pop(0) if self.draws else 0.99
+
+    def choice(self, options):
+        return options[-1] if self.pick == "last" else options[0]
+
+
+def test_mutate_redraws_genes_below_the_rate():
+    parent = (256, 10, (4,) * 10, (3.0,) * 10)
+    assert _mutate(parent, GENOME_SPACE, ScriptedRng([]), 0.3) == parent
+    assert _mutate(parent, GENOME_SPACE, ScriptedRng([0.0]), 0.3) == (384, 10, (4,) * 10, (3.0,) * 10)
+    # draws: width, depth, then one per layer for the heads, then one per layer for the FFN ratios
+    draws = [0.99, 0.99, 0.29] + [0.99] * 9 + [0.99] * 9 + [0.0]
+    assert _mutate(parent, GENOME_SPACE, ScriptedRng(draws), 0.3) == (
+        256, 10, (8,) + (4,) * 9, (3.0,) * 9 + (4.0,))
+    assert _mutate(parent, GENOME_SPACE, ScriptedRng([0.3] * 22), 0.3) == parent  # not below the rate
+
+
+def test_mutate_deeper_draws_new_layers_and_shallower_truncates():
+    parent = (256, 10, (4,) * 10, (3.0,) * 10)
+    assert _mutate(parent, GENOME_SPACE, ScriptedRng([0.99, 0.0]), 0.3) == (
+        256, 12, (4,) * 10 + (8, 8), (3.0,) * 10 + (4.0, 4.0))
+    deep = (384, 12, (4, 8) * 6, (3.0, 3.5, 4.0) * 4)
+    assert _mutate(deep, GENOME_SPACE, ScriptedRng([0.99, 0.0], pick="first"), 0.3) == (
+        384, 10, (4, 8) * 5, (3.0, 3.5, 4.0) * 3 + (3.0,))
+
+
+def test_crossover_takes_each_gene_from_a_parent():
+    """Width and depth from either parent; layer i from a parent that has it, heads and ratio together;
+    layers beyond the shorter parent from the longer one."""
+    long_parent = (384, 12, (8,) * 12, (4.0,) * 12)
+    short_parent = (256, 10, (4,) * 10, (3.0,) * 10)
+    seen_widths, seen_depths, mixed = set(), set(), False
+    for seed in range(40):
+        E, L, heads, ratios = _crossover(long_parent, short_parent, random.Random(seed))
+        seen_widths.add(E)
+        seen_depths.add(L)
+        assert len(heads) == len(ratios) == L
+        layers = list(zip(heads, ratios))
+        assert set(layers) <= {(8, 4.0), (4, 3.0)}
+        assert layers[10:] == [(8, 4.0)] * (L - 10)
+        mixed |= len(set(layers[:10])) == 2
+    assert seen_widths == {256, 384} and seen_depths == {10, 12} and mixed

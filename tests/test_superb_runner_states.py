@@ -368,3 +368,103 @@ def test_whole_run_over_units_in_different_states(fake, monkeypatch):
     again = make_runner(root, ["pr", "ks", "ic", "er", "asr"], er_folds=["fold1", "fold2"]).run()
     assert {o.status for o in again} == {"skipped"}
     assert fake.calls == [] and built == [[]]
+
+
+# ----------------------------------------------------------------------------------------------------
+# testing the dev-best checkpoint, in detail
+
+
+def test_test_of_the_dev_best_checkpoint_returns_its_full_record(fake, caplog):
+    """A trained unit is tested on its dev-best checkpoint: the record names the checkpoint, split,
+    predictions and log of that test, carries no note, and the progress line says what is tested."""
+    import logging
+
+    root = fake.root
+    expdir = root / "ks"
+    state_trained(expdir, "ks")
+    sr = make_runner(root, ["ks"])
+    caplog.set_level(logging.INFO, logger="lighthubert_s3prl.superb.runner")
+    result, message, log = sr.executor.test_best(unit_of(sr, "ks"))
+    pred = expdir / "test_predict.txt"
+    assert fake.calls == [Call("evaluate", eval_args(expdir / "dev-best.ckpt", "test", expdir))]
+    assert (message, log) == ("", root / "logs" / "ks.test.log")
+    assert result == {"value": 0.75, "split": "test", "ckpt": "dev-best.ckpt", "prediction_file": "test_predict.txt",
+                      "prediction_sha256": sha256(pred), "test_log": str(root / "logs" / "ks.test.log"), "note": ""}
+    assert [r.getMessage() for r in caplog.records] == ["ks: testing dev-best.ckpt on test"]
+
+
+def test_test_without_dev_best_warns_which_checkpoint_it_falls_back_to(fake, caplog):
+    import logging
+
+    root = fake.root
+    fake.write_best = False
+    sr = make_runner(root, ["er"], er_folds=["fold3"])
+    caplog.set_level(logging.INFO, logger="lighthubert_s3prl.superb.runner")
+    assert sr.run_unit(unit_of(sr, "er_fold3")).status == "done"
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("WARNING", "er/fold3: no dev-best.ckpt: the dev score never beat s3prl's initial best, so the last "
+                       "checkpoint states-4.ckpt was tested") in lines
+    assert ("INFO", "er/fold3: testing states-4.ckpt on test") in lines
+
+
+def test_training_that_saved_no_checkpoint_fails_the_test_with_the_likely_cause(fake):
+    root = fake.root
+    expdir = root / "ks"
+    fake.total_steps, fake.save_step, fake.write_best = 1, 2, False  # save_step > total_steps: nothing saved
+    sr = make_runner(root, ["ks"])
+    outcome = sr.run_unit(unit_of(sr, "ks"))
+    reason = (f"neither dev-best.ckpt nor states-*.ckpt in {expdir}: training saved no checkpoint (is "
+              "runner.save_step or eval_step larger than runner.total_steps?)")
+    assert (outcome.status, outcome.message) == ("failed", f"test: {reason}")
+    assert [c.mode for c in fake.calls] == ["train"]
+    failed = json.loads((expdir / units.FAILED_FILE).read_text())
+    assert (failed["stage"], failed["message"], failed["log"]) == ("test", reason, None)
+
+
+def test_an_empty_prediction_file_fails_the_test(fake, monkeypatch):
+    """An evaluation that prints a score but leaves its prediction file empty gives no result."""
+    root = fake.root
+    expdir = root / "ks"
+
+    def evaluate_then_truncate(self, cmd, log_path):
+        rc, text = fake(cmd, log_path)
+        if fake.calls[-1].mode == "evaluate":
+            (expdir / "test_predict.txt").write_bytes(b"")
+        return rc, text
+
+    monkeypatch.setattr(SuperbRunner, "_execute", evaluate_then_truncate)
+    sr = make_runner(root, ["ks"])
+    outcome = sr.run_unit(unit_of(sr, "ks"))
+    assert (outcome.status, outcome.message) == (
+        "failed", f"test: the evaluation wrote no predictions to {expdir / 'test_predict.txt'}")
+    assert not (expdir / units.RESULT_FILE).exists() and not (expdir / units.DONE_FILE).exists()
+
+
+def test_liveness_probe_leaves_the_process_running():
+    """Checking a lock's pid must not signal the process: a runner would otherwise kill what it checks."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert units.pid_alive(child.pid)
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=0.3)
+    finally:
+        child.kill()
+        child.wait()
+    assert not units.pid_alive(child.pid)
+
+
+def test_a_pid_of_another_user_counts_as_alive(monkeypatch):
+    """kill(pid, 0) refused for lack of permission means the process exists."""
+    def refuse(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(units.os, "kill", refuse)
+    assert units.pid_alive(4242) is True
+
+    def gone(pid, sig):
+        raise ProcessLookupError(3, "No such process")
+
+    monkeypatch.setattr(units.os, "kill", gone)
+    assert units.pid_alive(4242) is False

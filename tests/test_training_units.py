@@ -17,7 +17,7 @@ from lighthubert_s3prl.training.data import (
 )
 from lighthubert_s3prl.training.losses import distill_loss, masked_instance_norm, resolve_layers
 from lighthubert_s3prl.training.masking import sample_span_mask, step_generator
-from lighthubert_s3prl.training.search import Budget, estimate_macs, search
+from lighthubert_s3prl.training.search import Budget, search, subnet_macs
 from lighthubert_s3prl.training.teachers import align_frames
 
 from .test_training_fixtures import TINY_SPACE, teacher_ckpt  # noqa: F401 (fixture)
@@ -288,12 +288,12 @@ def test_budget_too_small_is_explained():
         Budget("macs", 10, tiny_model_config()).check(space)
 
 
-def test_mac_estimate_grows_with_the_subnet():
+def test_mac_count_grows_with_the_subnet():
     small, base = SEARCH_SPACES["small"], SEARCH_SPACES["base"]
     m = ModelConfig()
-    values = [estimate_macs(s, m, 1.0) for s in (small.min_subnet(), small.default, base.default, base.max_subnet())]
+    values = [subnet_macs(s, m, 1.0) for s in (small.min_subnet(), small.default, base.default, base.max_subnet())]
     assert values == sorted(values) and 1e9 < values[-1] < 1e11
-    assert estimate_macs(base.default, m, 2.0) > 2 * estimate_macs(base.default, m, 1.0) * 0.99
+    assert subnet_macs(base.default, m, 2.0) > 2 * subnet_macs(base.default, m, 1.0) * 0.99
 
 
 @pytest.mark.parametrize("algorithm", ["evolutionary", "random"])
@@ -337,7 +337,6 @@ def test_shipped_configs_parse():
 
 
 def test_search_under_a_mac_budget():
-    from lighthubert_s3prl.training.search import subnet_macs
 
     space = SEARCH_SPACES["small"]
     limit = subnet_macs(space.default, ModelConfig(), 2.0)

@@ -57,25 +57,19 @@ class Entry:
     truth: Optional[str] = None  # file beside the source with one line per test item, when s3prl writes one
 
 
-def _entries() -> Dict[str, Entry]:
-    out = {
-        "pr": Entry("pr", "test-hyp.ark", "predict/pr_public/predict.ark", "ark", "test-ref.ark"),
-        "asr": Entry("asr", "test-clean-noLM-hyp.ark", "predict/asr_public/predict.ark", "ark",
-                     "test-clean-noLM-ref.ark"),
-        "asr_lm": Entry("asr_lm", "test-clean-LM-hyp.ark", "predict/asr_lm_public/predict.ark", "ark",
-                        "test-clean-LM-ref.ark"),
-        "ks": Entry("ks", "test_predict.txt", "predict/ks_public/predict.txt", "label", "test_truth.txt"),
-        "ic": Entry("ic", "test_predict.csv", "predict/ic_public/predict.csv", "csv", "test_truth.csv"),
-        "sid": Entry("sid", "test_predict.txt", "predict/sid_public/predict.txt", "label", "test_truth.txt"),
-        "asv": Entry("asv", "test_predict.txt", "predict/sv_public/predict.txt", "score", "test_truth.txt"),
-    }
-    for fold in ER_FOLDS:
-        out[f"er_{fold}"] = Entry(f"er_{fold}", f"test_{fold}_predict.txt", f"predict/er_{fold}_public/predict.txt",
-                                  "label", f"test_{fold}_truth.txt")
-    return out
-
-
-ENTRIES: Dict[str, Entry] = _entries()
+# The leaderboard's public-set layout: a table, not logic (pinned by the package tests against SUPERB's layout).
+ENTRIES: Dict[str, Entry] = {
+    "pr": Entry("pr", "test-hyp.ark", "predict/pr_public/predict.ark", "ark", "test-ref.ark"),
+    "asr": Entry("asr", "test-clean-noLM-hyp.ark", "predict/asr_public/predict.ark", "ark", "test-clean-noLM-ref.ark"),
+    "asr_lm": Entry("asr_lm", "test-clean-LM-hyp.ark", "predict/asr_lm_public/predict.ark", "ark",
+                    "test-clean-LM-ref.ark"),
+    "ks": Entry("ks", "test_predict.txt", "predict/ks_public/predict.txt", "label", "test_truth.txt"),
+    "ic": Entry("ic", "test_predict.csv", "predict/ic_public/predict.csv", "csv", "test_truth.csv"),
+    "sid": Entry("sid", "test_predict.txt", "predict/sid_public/predict.txt", "label", "test_truth.txt"),
+    "asv": Entry("asv", "test_predict.txt", "predict/sv_public/predict.txt", "score", "test_truth.txt"),
+    **{f"er_{fold}": Entry(f"er_{fold}", f"test_{fold}_predict.txt", f"predict/er_{fold}_public/predict.txt", "label",
+                           f"test_{fold}_truth.txt") for fold in ER_FOLDS},
+}
 KEY_ALIASES = {"sv": "asv", "asr_no_lm": "asr", "asr_with_lm": "asr_lm", **{f"er{i}": f"er_fold{i}" for i in range(1, 6)}}
 DEST_TO_ENTRY = {e.dest: e for e in ENTRIES.values()}
 

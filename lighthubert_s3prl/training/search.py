@@ -34,9 +34,8 @@ from ..model.config import (
     save_subnet_file,
 )
 from ..model.cost import analytic_macs
-from ..model.modules import conv_output_lengths
 from ..model.supernet import LightHuBERTSupernet
-from .config import TrainingConfig, load_config, resolve_space, space_from_dict
+from .config import TrainingConfig, apply_override, load_config, resolve_space, space_from_dict
 from .data import Batch, build_dataset, fixed_batches
 from .distill import TargetBuilder, normalised_input, student_frames
 from .losses import distill_loss
@@ -47,26 +46,6 @@ logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------
-def estimate_macs(subnet: SubnetConfig, model: ModelConfig, seconds: float = 1.0) -> int:
-    """Multiply-accumulates of one forward over ``seconds`` of 16 kHz audio (CNN, projections, attention, FFN).
-
-    A rougher count than :func:`subnet_macs` (no sequence padding, no positional-conv edge); budgets use that one.
-    """
-    length = torch.tensor([int(seconds * 16000)])
-    macs, in_dim = 0, 1
-    for dim, kernel, stride in model.conv_layers:
-        length = conv_output_lengths(length, [(dim, kernel, stride)])
-        macs += int(length) * dim * in_dim * kernel
-        in_dim = dim
-    T, E = int(length), subnet.embed_dim
-    macs += T * model.cnn_dim * E  # post_extract_proj
-    macs += T * E * (E // model.conv_pos_groups) * model.conv_pos  # grouped positional conv
-    for h, f in zip(subnet.heads_num, subnet.ffn_embed):
-        A = 64 * h
-        macs += T * 4 * E * A + 2 * T * T * A + 2 * T * E * f  # q/k/v/out, scores + mixing, fc1 + fc2
-    return macs
-
-
 def subnet_macs(subnet: SubnetConfig, model: ModelConfig, seconds: float = 1.0) -> int:
     """The model layer's analytic count (:func:`~lighthubert_s3prl.model.cost.analytic_macs`), which
     ``lighthubert-s3prl profile`` prints too, so a budget means the same number in both places."""
@@ -348,19 +327,26 @@ def _search_config(args: argparse.Namespace) -> Tuple[TrainingConfig, bool]:
     student = dict(raw.get("student") or {})
     student["init"] = args.ckpt
     raw.update(stage="stage2", student=student)
+    for item in args.override:  # applied here so that `-o space=...` counts as naming a space
+        apply_override(raw, item)
     explicit_space = raw.get("space") is not None
-    overrides = list(args.override) + ["train.eval_every=0"]
-    return load_config(raw, overrides, "stage2"), explicit_space
+    return load_config(raw, ["train.eval_every=0"], "stage2"), explicit_space
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if (args.max_params is None) == (args.max_macs is None):
         raise ConfigError("give exactly one budget: --max-params N or --max-macs N")
+    if args.batches is not None and args.batches < 1:
+        raise ConfigError(f"--batches={args.batches}: the proxy needs at least one held-out batch")
     cfg, explicit_space = _search_config(args)
     loaded = load_checkpoint(args.ckpt)
     if loaded.kind == "compact":
         raise ConfigError(f"{args.ckpt} is a compact export of one subnet; search needs the supernet checkpoint")
+    if not any(k.startswith("layer_pred_heads.") for k in loaded.state_dict):
+        # without trained heads every prediction is zero and every subnet scores the same proxy loss
+        raise ConfigError(f"{args.ckpt} holds no distillation prediction heads (layer_pred_heads.*), so the proxy "
+                          "cannot rank subnets; search the model.pt that 'train stage2' writes")
     space = resolve_space(args.space) if args.space else (
         resolve_space(cfg.space) if explicit_space else space_of_checkpoint(loaded))
     try:
@@ -372,7 +358,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     budget.check(space)  # fail before the teacher is loaded
     device = torch.device(args.device)
     valid = build_dataset(cfg.data.valid, cfg.data, "data.valid", cfg.train.seed, valid=True)
-    batches = fixed_batches(valid, cfg.data.batch_size, args.batches or cfg.data.valid_batches)
+    batches = fixed_batches(valid, cfg.data.batch_size, cfg.data.valid_batches if args.batches is None else args.batches)
     proxy = ProxyEvaluator(build_supernet(loaded), cfg, batches, device)
     result = search(space, budget, proxy, args.algorithm, args.population, args.generations, args.mutation_prob, args.seed)
     write_result(result, budget, space, Path(args.out), args.ckpt)
@@ -385,7 +371,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def write_result(result: SearchResult, budget: Budget, space: SearchSpace, out: Path, ckpt: str) -> None:
     """The subnet file (``-g`` takes it) and a ``.search.json`` report beside it."""
     params = count_parameters(result.best, budget.model)
-    note = (f"searched on {ckpt} under {budget.flag}={budget.limit:g}; proxy loss {result.best_score:.5f} "
+    note = (f"searched on {ckpt} under {budget.flag}={budget.limit:,}; proxy loss {result.best_score:.5f} "
             f"(budget's largest subnet: {result.baseline_score:.5f})")
     save_subnet_file(result.best, out, params=params, search_space=space.name, note=note)
     report = {
