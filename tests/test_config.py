@@ -471,3 +471,95 @@ def test_conv_layers_accept_sequences_and_refuse_malformed_specs():
     for spec in ("[]", [], "[(64, 0, 2)]", "[(64, 4, 2, 1)]", "7", [[64, 4, "2"]]):
         with pytest.raises(ConfigError, match="conv_feature_layers="):
             parse_conv_layers(spec)
+
+
+def test_per_layer_ffn_ratio_of_the_wrong_length_is_named():
+    d = {"embed_dim": 384, "layer_num": 12, "heads_num": 6, "ffn_embed": 1536, "ffn_ratio": [4.0] * 11}
+    with pytest.raises(ConfigError) as err:
+        SubnetConfig.from_dict(d)
+    assert str(err.value).startswith("subnet field 'ffn_ratio' has 11 entries but layer_num is 12")
+
+
+def test_file_errors_name_the_file(tmp_path):
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_subnet_file(missing)
+    assert str(err.value) == f"subnet config file {str(missing)!r} does not exist"
+    (tmp_path / "a.yaml").write_text("subnet: a.yaml\n")
+    with pytest.raises(ConfigError) as err:
+        load_subnet_file(tmp_path / "a.yaml")
+    assert str(err.value) == (f"subnet config file {str(tmp_path / 'a.yaml')!r} refers back to "
+                              f"{str(tmp_path / 'a.yaml')!r}: a loop")
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".yml", ".json", ".YML"])
+def test_a_subnet_file_may_name_another_file_beside_it(tmp_path, suffix):
+    target = tmp_path / f"target{suffix}"
+    save_subnet_file(get_preset("small-min"), target.with_suffix(suffix.lower()))
+    if suffix != suffix.lower():
+        target.with_suffix(suffix.lower()).rename(target)
+    (tmp_path / "pointer.yaml").write_text(f"subnet: target{suffix}\n")
+    assert load_subnet_file(tmp_path / "pointer.yaml") == get_preset("small-min")
+
+
+def test_a_preset_name_wins_over_a_file_without_a_subnet_suffix(tmp_path):
+    """``subnet: small`` names the preset even when a file called ``small`` sits beside the YAML."""
+    (tmp_path / "small").write_text("embed_dim: 256\nlayer_num: 10\nheads_num: 4\nffn_embed: 768\n")
+    (tmp_path / "pointer.yaml").write_text("subnet: small\n")
+    assert load_subnet_file(tmp_path / "pointer.yaml") == get_preset("small")
+
+
+def test_saved_subnet_files_are_laid_out_for_reading(tmp_path):
+    """The subnet comes first, then the extra fields in the order given; JSON is indented by two spaces."""
+    sub = SubnetConfig.uniform(256, 4, 768, 6)
+    save_subnet_file(sub, tmp_path / "s.yaml", params=7, note="n")
+    lines = (tmp_path / "s.yaml").read_text().splitlines()
+    assert lines[0] == "subnet:" and lines[1] == "  atten_dim:" and lines[-2:] == ["params: 7", "note: n"]
+    assert [line for line in lines if not line.startswith(" ")] == ["subnet:", "params: 7", "note: n"]
+    save_subnet_file(sub, tmp_path / "s.json", params=7)
+    text = (tmp_path / "s.json").read_text()
+    assert text.startswith('{\n  "subnet": {\n    "atten_dim": [\n      256,') and text.endswith('\n  "params": 7\n}\n')
+
+
+@pytest.mark.parametrize("field,value", [("ffn_ratio", [4.0] * 11), ("atten_dim", [384] * 11),
+                                         ("slide_wsz", ["global"] * 11)])
+def test_every_per_layer_field_of_the_wrong_length_is_named(field, value):
+    d = {"embed_dim": 384, "layer_num": 12, "heads_num": 6, field: value}
+    if field != "ffn_ratio":
+        d["ffn_embed"] = 1536
+    with pytest.raises(ConfigError) as err:
+        SubnetConfig.from_dict(d)
+    assert str(err.value).startswith(f"subnet field {field!r} has 11 entries but layer_num is 12")
+
+
+def test_spec_errors_in_full(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        resolve_subnet(None)
+    assert str(err.value) == "no subnet given and the checkpoint names none"
+    for name in ("absent.yaml", "absent.yml", "absent.JSON"):  # a subnet-file suffix: read as a file, not a preset
+        with pytest.raises(ConfigError) as err:
+            resolve_subnet(str(tmp_path / name))
+        assert str(err.value) == f"subnet config file {str(tmp_path / name)!r} does not exist"
+
+
+def test_layer_norm_extractor_and_pre_norm_layers_are_valid_architectures():
+    assert ModelConfig.from_checkpoint_cfg({"extractor_mode": "layer_norm"}).extractor_mode == "layer_norm"
+    assert ModelConfig.from_checkpoint_cfg({"layer_norm_first": True}).layer_norm_first is True
+
+
+def test_budget_error_counts_the_smallest_subnet_of_the_given_architecture():
+    """With conv biases the smallest 'small' subnet has 7 x 512 more parameters than the released shape."""
+    from lighthubert_s3prl.model.config import largest_subnet_under_budget
+
+    with pytest.raises(ConfigError) as err:
+        largest_subnet_under_budget(SEARCH_SPACES["small"], 1000, ModelConfig(conv_bias=True))
+    assert str(err.value).endswith(f"the smallest has {11_442_944 + 7 * 512:,}")
+
+
+def test_boundary_values_that_are_legal():
+    """A stride or kernel of 1, an FFN of width 1 and, with one positional-conv group, a width of 1 are legal."""
+    assert parse_conv_layers("[(64, 1, 1)]") == [(64, 1, 1)]
+    SubnetConfig(16, 6, (1,) * 6, (1,) * 6).validate_for(ModelConfig())
+    SubnetConfig(1, 6, (1,) * 6, (4,) * 6).validate_for(ModelConfig(conv_pos_groups=1))
+    listed = SubnetConfig(384, 2, [6, 4], [1536, 768])
+    assert listed.ffn_embed == (1536, 768) and hash(listed) == hash(SubnetConfig(384, 2, (6, 4), (1536, 768)))
