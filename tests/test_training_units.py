@@ -337,7 +337,6 @@ def test_shipped_configs_parse():
 
 
 def test_search_under_a_mac_budget():
-
     space = SEARCH_SPACES["small"]
     limit = subnet_macs(space.default, ModelConfig(), 2.0)
     budget = Budget("macs", limit, ModelConfig(), seconds=2.0)
