@@ -691,3 +691,14 @@ def test_crossover_takes_each_gene_from_a_parent():
         assert layers[10:] == [(8, 4.0)] * (L - 10)
         mixed |= len(set(layers[:10])) == 2
     assert seen_widths == {256, 384} and seen_depths == {10, 12} and mixed
+
+
+def test_two_parents_are_enough_for_crossover(trace):
+    """A population of 3 keeps max(2, 3 // 2) = 2 parents; crossover needs two different parents, and two
+    suffice: over ten generations both breeding routes occur, crossover exactly when its draw is below 0.5."""
+    search(EVO_SPACE, Budget("params", LOOSE, ModelConfig()), trace.score, "evolutionary",
+           population=3, generations=10, seed=3)
+    attempts = [a for events, _ in trace.segments()[1:] for a in trace.attempts(events)]
+    crossed = [a for a in attempts if a["crossover"] is not None]
+    assert crossed and len(crossed) < len(attempts)
+    assert all((a["crossover"] is not None) == (a["u"] < 0.5) for a in attempts)

@@ -375,10 +375,12 @@ def _proxy_config(teacher: str = "pattern_a"):
                         "student": {"init": "unused.pt"}}, [], "stage2")
 
 
-def pattern_proxy_loss(model: LightHuBERTSupernet, batch: Batch, subnet: SubnetConfig) -> float:
+def pattern_proxy_loss(model: LightHuBERTSupernet, batch: Batch, subnet: SubnetConfig,
+                       instance_norm: bool = False) -> float:
     """L1 - 0.5 log sigmoid(cos) over each utterance's valid frames: the last layer's head (layer 11) on
     per-utterance normalised audio against the mean of pattern_a's FFN outputs 1 and 3, cut to the
-    student's frames."""
+    student's frames (with ``instance_norm``, each layer normalised per channel over the utterance's own
+    frames first)."""
     lengths = batch.lengths.tolist()
     x = torch.zeros_like(batch.wav)
     for i, n in enumerate(lengths):
@@ -388,9 +390,15 @@ def pattern_proxy_loss(model: LightHuBERTSupernet, batch: Batch, subnet: SubnetC
     with torch.no_grad():
         pred = model(x, padding, subnet=subnet, predict=True).predictions[11]
     teacher_frames = batch.wav.size(1) // 320
-    target = (pattern(0, "layer_results", 1, len(lengths), teacher_frames, 16)
-              + pattern(0, "layer_results", 3, len(lengths), teacher_frames, 16))[:, :frames] / 2
-    valid = torch.arange(frames)[None, :] < torch.tensor([conv_frames(n, TINY_CNN)[-1] for n in lengths])[:, None]
+    student_lengths = [conv_frames(n, TINY_CNN)[-1] for n in lengths]
+    layers = [pattern(0, "layer_results", i, len(lengths), teacher_frames, 16)[:, :frames] for i in (1, 3)]
+    if instance_norm:
+        for x in layers:
+            for i, n in enumerate(student_lengths):
+                own = x[i, :n]
+                x[i, :n] = (own - own.mean(0)) / torch.sqrt(own.var(0, unbiased=False) + 1e-5)
+    target = (layers[0] + layers[1]) / 2
+    valid = torch.arange(frames)[None, :] < torch.tensor(student_lengths)[:, None]
     p, t = pred[valid], target[valid]
     return float((p - t).abs().mean() - 0.5 * F.logsigmoid(F.cosine_similarity(p, t, dim=-1)).mean())
 
@@ -413,6 +421,20 @@ def test_proxy_is_the_mean_distillation_loss_over_batches(pattern_teacher):
     singles = [search.ProxyEvaluator(LightHuBERTSupernet(PATTERN_MODEL).reset_parameters(3), _proxy_config(), [b],
                                      torch.device("cpu"))(subnets[0]) for b in (padded, even)]
     assert scores[0] == pytest.approx(sum(singles) / 2, rel=1e-6)
+
+
+def test_proxy_normalises_targets_over_each_utterances_own_frames(pattern_teacher):
+    """With per-layer instance norm the padded utterance's statistics come from its valid frames only."""
+    padded = collate([synthetic_utterance(0, 0.5), synthetic_utterance(1, 0.3)])
+    cfg = load_config({"data": {"train": "synthetic"}, "teacher": {"name": "pattern_a"},
+                       "target": {"layers": [1, 3], "per_layer_norm": "instance"},
+                       "loss": {"type": "l1_cos", "cos_weight": 0.5}, "student": {"init": "unused.pt"}}, [], "stage2")
+    proxy = search.ProxyEvaluator(LightHuBERTSupernet(PATTERN_MODEL).reset_parameters(3), cfg, [padded],
+                                  torch.device("cpu"))
+    reference = LightHuBERTSupernet(PATTERN_MODEL).reset_parameters(3).eval()
+    expected = pattern_proxy_loss(reference, padded, SPACE.default, instance_norm=True)
+    assert proxy(SPACE.default) == pytest.approx(expected, rel=1e-5)
+    assert expected != pytest.approx(pattern_proxy_loss(reference, padded, SPACE.default), rel=1e-3)
 
 
 def test_proxy_refuses_a_teacher_of_another_width(pattern_teacher):
@@ -446,3 +468,80 @@ def test_a_supernet_without_prediction_heads_is_refused(tmp_path, stage2_ckpt):
             "subnets; search the model.pt that 'train stage2' writes")):
         search.main(["--ckpt", str(headless), "--teacher", "fbank", "--max-params", "1.6e6", "--out",
                      str(tmp_path / "s.yaml")] + DATA)
+
+
+# --------------------------------------------------------------------------------------------------- wiring
+class Recorder:
+    """Stands in for the proxy and the search loop: records what ``main`` hands them."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.datasets: List[Dict[str, Any]] = []
+        self.batches: List[Batch] = []
+        self.search_args: Dict[str, Any] = {}
+        build_dataset = search.build_dataset
+        real_search = search.search
+        recorder = self
+
+        def spy_dataset(spec, data_cfg, key, seed, valid=False):
+            recorder.datasets.append({"spec": spec, "key": key, "seed": seed, "valid": valid})
+            return build_dataset(spec, data_cfg, key, seed, valid)
+
+        class Proxy:
+            def __init__(self, supernet, cfg, batches, device) -> None:
+                recorder.batches = list(batches)
+
+            def __call__(self, s: SubnetConfig) -> float:
+                return float(s.embed_dim + sum(s.ffn_embed) / 1e4)
+
+        def spy_search(space, budget, score, algorithm, population, generations, mutation_prob, seed):
+            recorder.search_args = {"algorithm": algorithm, "population": population, "generations": generations,
+                                    "mutation_prob": mutation_prob, "seed": seed}
+            return real_search(space, budget, score, algorithm, population, generations, mutation_prob, seed)
+
+        monkeypatch.setattr(search, "build_dataset", spy_dataset)
+        monkeypatch.setattr(search, "ProxyEvaluator", Proxy)
+        monkeypatch.setattr(search, "search", spy_search)
+
+
+def _wiring_run(tmp_path: Path, stage2_ckpt: Path, *extra: str) -> None:
+    """Six held-out utterances in batches of two: three batches are there to take."""
+    _run(["--ckpt", str(stage2_ckpt), "--teacher", "fbank", "--max-params", "1.6e6", "--out", str(tmp_path / "s.yaml"),
+          "--data", "synthetic", "-o", "data.batch_size=2", "-o", "data.crop_seconds=0.5",
+          "-o", "data.synthetic.seconds=0.5", "-o", "data.synthetic.valid_utterances=6", *extra])
+
+
+def test_main_scores_on_the_held_out_set(monkeypatch, tmp_path, stage2_ckpt):
+    """The proxy's audio is data.valid built as held-out audio (valid=True: the generator seed shifted) with the
+    training seed, in order: utterances 0..3 of the held-out generator for two batches."""
+    rec = Recorder(monkeypatch)
+    _wiring_run(tmp_path, stage2_ckpt, "--batches", "2", "-o", "train.seed=5")
+    assert rec.datasets == [{"spec": "synthetic", "key": "data.valid", "seed": 5, "valid": True}]
+    assert [b.wav.shape for b in rec.batches] == [(2, 8000)] * 2
+    expected = torch.stack([synthetic_utterance(i, 0.5, seed=7919) for i in range(4)])
+    torch.testing.assert_close(torch.cat([b.wav for b in rec.batches]), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("extra,count", [
+    (["--batches", "2"], 2),
+    (["--batches", "1", "-o", "data.valid_batches=3"], 1),  # the flag wins over the config
+    (["-o", "data.valid_batches=2"], 2),  # without the flag: data.valid_batches
+    ([], 3),  # the default (8) is more than there is: every held-out batch
+])
+def test_held_out_batch_count(monkeypatch, tmp_path, stage2_ckpt, extra, count):
+    rec = Recorder(monkeypatch)
+    _wiring_run(tmp_path, stage2_ckpt, *extra)
+    assert len(rec.batches) == count
+
+
+def test_search_settings_reach_the_search(monkeypatch, tmp_path, stage2_ckpt):
+    rec = Recorder(monkeypatch)
+    _wiring_run(tmp_path, stage2_ckpt, "--batches", "1", "--population", "3", "--generations", "2",
+                "--mutation-prob", "0.7", "--seed", "11", "--algorithm", "random")
+    assert rec.search_args == {"algorithm": "random", "population": 3, "generations": 2, "mutation_prob": 0.7,
+                               "seed": 11}
+    report = json.loads((tmp_path / "s.search.json").read_text())
+    assert len(report["history"]) == 3 * (2 + 1)  # random search: population x (generations + 1)
+    rec = Recorder(monkeypatch)
+    _wiring_run(tmp_path, stage2_ckpt, "--batches", "1")
+    assert rec.search_args == {"algorithm": "evolutionary", "population": 16, "generations": 6,
+                               "mutation_prob": 0.3, "seed": 0}
