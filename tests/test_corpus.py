@@ -5,7 +5,6 @@ import hashlib
 import json
 import re
 import shutil
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,16 +14,14 @@ from lighthubert_s3prl.superb import corpus
 from lighthubert_s3prl.superb._espeak import EspeakSynthesizer, SynthRequest
 from lighthubert_s3prl.superb.corpus import CorpusError, make_corpus
 
-GENERATION_BUDGET_S = 60  # measured ~5 s for the ci preset on an idle 2-core machine
 
 
 @pytest.fixture(scope="session")
 def ci_corpus(tmp_path_factory) -> dict:
-    """The ci corpus, shared with test_superb_tasks.py through the same directory (generation resumes)."""
-    start = time.monotonic()
-    manifest = make_corpus(tmp_path_factory.getbasetemp() / "mini_superb_ci", "ci", seed=0)
-    assert time.monotonic() - start < GENERATION_BUDGET_S
-    return manifest
+    """The ci corpus, shared with test_superb_tasks.py through the same directory (generation resumes).
+    Generating it takes about 5 s on an idle 2-core machine; no time limit is asserted (a busy machine is
+    no bug)."""
+    return make_corpus(tmp_path_factory.getbasetemp() / "mini_superb_ci", "ci", seed=0)
 
 
 def _sha(path: Path) -> str:
@@ -68,9 +65,7 @@ def test_espeak_unknown_voice_is_a_clear_error():
 
 def test_same_preset_and_seed_give_identical_files(ci_corpus, tmp_path):
     # a second corpus with only some tasks, asked in another order: files depend on nothing else
-    start = time.monotonic()
     other = make_corpus(tmp_path / "again", "ci", seed=0, tasks="sid,ks")
-    assert time.monotonic() - start < GENERATION_BUDGET_S
     assert sorted(other["tasks"]) == ["asv", "ks", "sid"]
     for name in ("speech_commands", "VoxCeleb1"):
         first = _tree_hashes(Path(ci_corpus["root"]) / name)
@@ -99,9 +94,9 @@ def test_manifest_is_written_last_and_reused(ci_corpus):
     on_disk = json.loads((root / corpus.MANIFEST_NAME).read_text())
     assert on_disk["preset"] == "ci" and on_disk["seed"] == 0 and on_disk["espeakng_loader"] == "0.2.4"
     assert not (root / ".corpus_tmp").exists()
-    start = time.monotonic()
-    assert make_corpus(root, "ci", seed=0) == ci_corpus  # complete: nothing regenerated
-    assert time.monotonic() - start < 2
+    written = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    assert make_corpus(root, "ci", seed=0) == ci_corpus
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == written  # complete: nothing regenerated
 
 
 def test_interrupted_run_resumes_only_missing_data_sets(tmp_path):
@@ -141,7 +136,7 @@ def test_other_seed_in_same_directory_needs_force(tmp_path):
 
 
 def test_bad_inputs_name_problem_and_fix(tmp_path):
-    with pytest.raises(CorpusError, match=r"unknown preset 'huge'; choose one of ci, small"):
+    with pytest.raises(CorpusError, match=r"unknown preset 'huge'; choose one of ci, small, mini, mini-heldout"):
         make_corpus(tmp_path / "x", "huge")
     with pytest.raises(CorpusError, match=r"unknown task\(s\) \['qbe'\]; choose from asr, asv, ks, ic, er, pr, sid"):
         make_corpus(tmp_path / "x", "ci", tasks="ks,qbe")
@@ -312,3 +307,71 @@ def csv_rows(path: Path):
 
     with open(path, newline="") as f:
         yield from csv.reader(f)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the mini presets: a balanced KS test set, and a held-out variant with other talkers and noise
+
+
+def test_mini_presets_differ_only_in_acoustics():
+    mini, heldout = corpus.PRESETS["mini"], corpus.PRESETS["mini-heldout"]
+    assert mini.acoustics == corpus.Acoustics()  # the tuning corpus sounds like ci and small
+    assert {k: v for k, v in vars(heldout).items() if k != "acoustics"} == \
+        {k: v for k, v in vars(mini).items() if k != "acoustics"}
+    held = heldout.acoustics
+    assert held.noise_color == "pink" and held.snr_shift_db == -10.0
+    # the held-out talkers' ranges reach beyond the tuning ones on both sides
+    for field in ("rate", "pitch", "pitch_range"):
+        low, high = getattr(held, field)
+        tuned_low, tuned_high = getattr(mini.acoustics, field)
+        assert low < tuned_low and high > tuned_high, field
+
+
+def test_balanced_ks_test_set(monkeypatch, tmp_path):
+    """One filler word per test speaker and as many silences as speakers: every one of the 12 classes holds
+    n_test clips, as in the real test set (s3prl reads the class from the folder name)."""
+    small_mini = corpus.replace(corpus.PRESETS["ci"], ks_speakers=(6, 2, 8), ks_unknown_words=4, ks_test_silence=8,
+                                ks_test_unknown_per_speaker=1)
+    monkeypatch.setitem(corpus.PRESETS, "balanced", small_mini)
+    manifest = make_corpus(tmp_path / "c", "balanced", seed=0, tasks="ks")
+    test_root = Path(manifest["tasks"]["ks"]["paths"]["speech_commands_test_root"])
+    per_class = Counter(p.parent.name for p in test_root.rglob("*.wav"))
+    assert per_class == {c: 8 for c in list(corpus.KS_TARGETS) + ["_unknown_", "_silence_"]}
+    assert manifest["tasks"]["ks"]["files"]["test"] == 12 * 8
+    # the unknown clips rotate through the fillers: 8 speakers over 4 fillers, each filler twice
+    fillers = manifest["tasks"]["ks"]["unknown_words"]
+    assert len(fillers) == 4
+
+
+def test_held_out_voices_draw_from_their_own_ranges():
+    import numpy as np
+
+    acoustics = corpus.Acoustics(rate=(100, 102), pitch=(80, 81), pitch_range=(5, 7))
+    voices = corpus._draw_voices(np.random.default_rng(0), 12, acoustics=acoustics)
+    assert {v.rate for v in voices} <= {100, 101} and {v.pitch for v in voices} == {80}
+    assert {v.pitch_range for v in voices} <= {5, 6}
+
+
+def test_held_out_noise_is_stronger_and_coloured():
+    """Same speech, same seed: a -10 dB shift multiplies the added noise's RMS by 10^(10/20) exactly, and pink
+    noise puts far more of its power below 500 Hz than white noise does."""
+    import numpy as np
+
+    t = np.arange(16000) / 16000
+    speech = (0.5 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32)  # energy far above 500 Hz
+
+    def added(acoustics: corpus.Acoustics) -> np.ndarray:
+        out = corpus._finish(speech, np.random.default_rng(7), peak=(0.5, 0.5), acoustics=acoustics)
+        return out.astype(np.float64) - speech  # peak 0.5 leaves the speech itself unscaled
+
+    white, shifted = added(corpus.Acoustics()), added(corpus.Acoustics(snr_shift_db=-10.0))
+    rms = lambda x: float(np.sqrt(np.mean(x ** 2)))  # noqa: E731
+    assert rms(shifted) / rms(white) == pytest.approx(10 ** 0.5, rel=1e-3)
+
+    def low_share(x: np.ndarray) -> float:
+        power = np.abs(np.fft.rfft(x)) ** 2
+        return float(power[:500].sum() / power.sum())  # bins are 1 Hz wide for one second of audio
+
+    pink = added(corpus.Acoustics(noise_color="pink"))
+    assert low_share(white) == pytest.approx(500 / 8001, rel=0.2)
+    assert low_share(pink) > 0.5

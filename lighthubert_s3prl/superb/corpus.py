@@ -66,6 +66,18 @@ class CorpusError(ValueError):
 
 
 @dataclass(frozen=True)
+class Acoustics:
+    """How the talkers sound and how noisy the recordings are: a held-out variant changes these (and the
+    seed) so that a scale tuned on one corpus can be checked on speech it was not tuned on."""
+
+    rate: Tuple[int, int] = (150, 191)  # espeak words per minute, drawn per talker (upper bound excluded)
+    pitch: Tuple[int, int] = (35, 66)
+    pitch_range: Tuple[int, int] = (35, 71)
+    snr_shift_db: float = 0.0  # added to every recording's signal-to-noise range
+    noise_color: str = "white"  # of the noise added to every recording
+
+
+@dataclass(frozen=True)
 class Preset:
     ks_speakers: Tuple[int, int, int]  # train, dev (picked so s3prl's hash split agrees), test
     ks_unknown_words: int  # filler words that make up the _unknown_ class
@@ -80,6 +92,8 @@ class Preset:
     ls_speakers: Tuple[int, int, int]  # train-clean-100, dev-clean, test-clean
     ls_utts_per_speaker: Tuple[int, int, int]
     ls_vocabulary: int  # a small vocabulary lets CER/PER move within a short run
+    ks_test_unknown_per_speaker: int = 2  # filler words each KS test speaker says (the _unknown_ class)
+    acoustics: Acoustics = Acoustics()
 
 
 PRESETS: Dict[str, Preset] = {
@@ -93,7 +107,17 @@ PRESETS: Dict[str, Preset] = {
                     ic_speakers=(12, 3, 3), ic_train_phrasings=2, er_utts_per_emotion=6,
                     vox_speakers=(24, 8), vox_videos=5, vox_utts_per_video=2, asv_trials=320,
                     ls_speakers=(20, 4, 4), ls_utts_per_speaker=(15, 6, 6), ls_vocabulary=60),
+    # the mini-SUPERB instrument (task scale "mini"): test sets large enough that seed noise stays well below
+    # the gaps between upstreams; the KS test set is balanced over its 12 classes, as the real one is
+    "mini": Preset(ks_speakers=(60, 10, 30), ks_unknown_words=8, ks_test_silence=30, ks_test_unknown_per_speaker=1,
+                   ic_speakers=(16, 4, 8), ic_train_phrasings=2, er_utts_per_emotion=12,
+                   vox_speakers=(40, 10), vox_videos=5, vox_utts_per_video=2, asv_trials=600,
+                   ls_speakers=(30, 6, 6), ls_utts_per_speaker=(15, 8, 8), ls_vocabulary=60),
 }
+# held out from tuning: the mini sizes with other talkers' prosody, stronger and coloured noise (use it with
+# a seed of its own, e.g. --seed 1)
+PRESETS["mini-heldout"] = replace(PRESETS["mini"], acoustics=Acoustics(
+    rate=(130, 211), pitch=(25, 76), pitch_range=(20, 86), snr_shift_db=-10.0, noise_color="pink"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -135,7 +159,8 @@ def _clip(value: int, low: int, high: int) -> int:
     return int(min(max(value, low), high))
 
 
-def _draw_voices(rng: np.random.Generator, n: int, genders: Optional[Sequence[str]] = None) -> List[Voice]:
+def _draw_voices(rng: np.random.Generator, n: int, genders: Optional[Sequence[str]] = None,
+                 acoustics: Acoustics = Acoustics()) -> List[Voice]:
     """``n`` talkers with distinct (accent, variant) pairs while the pool lasts."""
     genders = list(genders) if genders is not None else [("F", "M")[i % 2] for i in range(n)]
     used = set()
@@ -147,8 +172,9 @@ def _draw_voices(rng: np.random.Generator, n: int, genders: Optional[Sequence[st
             if pair not in used:
                 break
         used.add(pair)
-        voices.append(Voice(name=f"{pair[0]}+{pair[1]}", rate=int(rng.integers(150, 191)),
-                            pitch=int(rng.integers(35, 66)), pitch_range=int(rng.integers(35, 71))))
+        voices.append(Voice(name=f"{pair[0]}+{pair[1]}", rate=int(rng.integers(*acoustics.rate)),
+                            pitch=int(rng.integers(*acoustics.pitch)),
+                            pitch_range=int(rng.integers(*acoustics.pitch_range))))
     return voices
 
 
@@ -196,16 +222,21 @@ def _colored_noise(rng: np.random.Generator, n: int, color: str) -> np.ndarray:
 
 
 def _finish(x: np.ndarray, rng: np.random.Generator, peak: Tuple[float, float] = (0.3, 0.9),
-            snr_db: Tuple[float, float] = (25.0, 40.0), total: Optional[int] = None) -> np.ndarray:
-    """Peak-normalise, optionally place at a random offset in ``total`` samples, add white noise."""
+            snr_db: Tuple[float, float] = (25.0, 40.0), total: Optional[int] = None,
+            acoustics: Acoustics = Acoustics()) -> np.ndarray:
+    """Peak-normalise, optionally place at a random offset in ``total`` samples, add noise."""
     x = x * (rng.uniform(*peak) / (np.abs(x).max() + 1e-9))
     speech_rms = float(np.sqrt(np.mean(x ** 2)) + 1e-9)
     if total is not None:
         x = x[:total]
         offset = int(rng.integers(0, total - len(x) + 1))
         x = np.pad(x, (offset, total - len(x) - offset))
-    noise_rms = speech_rms / 10 ** (rng.uniform(*snr_db) / 20)
-    x = x + noise_rms * rng.standard_normal(len(x))
+    noise_rms = speech_rms / 10 ** ((rng.uniform(*snr_db) + acoustics.snr_shift_db) / 20)
+    if acoustics.noise_color == "white":  # drawn as before, so the ci and small corpora keep their bytes
+        noise = rng.standard_normal(len(x))
+    else:
+        noise = _colored_noise(rng, len(x), acoustics.noise_color)
+    x = x + noise_rms * noise
     return np.clip(x, -1.0, 32767 / 32768).astype(np.float32)
 
 
@@ -289,7 +320,7 @@ def _build_speech_commands(b: _Build, p: Preset) -> Dict[str, dict]:
     train_ids, dev_ids, test_ids = _ks_speaker_ids(b.seed, n_train, n_dev, n_test)
     fillers = [KS_FILLERS[i] for i in sorted(b.rng("fillers").choice(len(KS_FILLERS), p.ks_unknown_words,
                                                                        replace=False))]
-    voices = _draw_voices(b.rng("voices"), n_train + n_dev + n_test)
+    voices = _draw_voices(b.rng("voices"), n_train + n_dev + n_test, acoustics=p.acoustics)
     train_root, test_root = Path("speech_commands_v0.01"), Path("speech_commands_test_set_v0.01")
 
     jobs: List[Tuple[str, SynthRequest]] = []
@@ -299,13 +330,14 @@ def _build_speech_commands(b: _Build, p: Preset) -> Dict[str, dict]:
     for k, (spk, voice) in enumerate(zip(test_ids, voices[n_train + n_dev:])):
         for word in KS_TARGETS:
             jobs.append((str(test_root / word / f"{spk}_nohash_0.wav"), voice.vary(b.rng(spk, word)).request(word)))
-        # two filler words per test speaker, rotating so each filler is tested
-        for j in range(2):
-            word = fillers[(2 * k + j) % len(fillers)]
+        per = p.ks_test_unknown_per_speaker
+        for j in range(per):  # rotating so that each filler is tested
+            word = fillers[(per * k + j) % len(fillers)]
             jobs.append((str(test_root / "_unknown_" / f"{spk}_nohash_{j}.wav"),
                          voice.vary(b.rng(spk, word)).request(word)))
     for rel, audio in b.speak(jobs, "words"):
-        b.write(rel, _finish(audio, b.rng("clip", rel), total=SAMPLE_RATE))  # 1 s clips like the real set
+        # 1 s clips like the real set
+        b.write(rel, _finish(audio, b.rng("clip", rel), total=SAMPLE_RATE, acoustics=p.acoustics))
 
     # _silence_ is learned only from these long recordings (s3prl crops a random second of each)
     for color in ("white", "pink", "brown"):
@@ -320,7 +352,7 @@ def _build_speech_commands(b: _Build, p: Preset) -> Dict[str, dict]:
     per_speaker = len(KS_TARGETS) + len(fillers)
     return {"ks": {"paths": {"speech_commands_root": str(train_root), "speech_commands_test_root": str(test_root)},
                    "files": {"train": n_train * per_speaker, "dev": n_dev * per_speaker,
-                             "test": n_test * (len(KS_TARGETS) + 2) + p.ks_test_silence, "background_noise": 3},
+                             "test": n_test * (len(KS_TARGETS) + p.ks_test_unknown_per_speaker) + p.ks_test_silence, "background_noise": 3},
                    "classes": list(KS_TARGETS) + ["_unknown_", "_silence_"], "unknown_words": fillers}}
 
 
@@ -353,7 +385,7 @@ def _intents() -> List[Tuple[Tuple[str, str, str], Tuple[str, ...]]]:
 def _build_fluent(b: _Build, p: Preset) -> Dict[str, dict]:
     intents = _intents()
     n_train, n_valid, n_test = p.ic_speakers
-    voices = _draw_voices(b.rng("voices"), n_train + n_valid + n_test)
+    voices = _draw_voices(b.rng("voices"), n_train + n_valid + n_test, acoustics=p.acoustics)
     speakers = [_token(b.seed, "fsc-speaker", i, length=16) for i in range(len(voices))]
     splits = (["train"] * n_train) + (["valid"] * n_valid) + (["test"] * n_test)
     rows: Dict[str, List[list]] = {"train": [], "valid": [], "test": []}
@@ -369,7 +401,7 @@ def _build_fluent(b: _Build, p: Preset) -> Dict[str, dict]:
                 jobs.append((rel, voice.vary(b.rng(spk, text)).request(text)))
                 rows[split].append([rel, spk, text[0].upper() + text[1:], *slots])
     for rel, audio in b.speak(jobs, "commands"):
-        b.write(rel, _finish(audio, b.rng("finish", rel)))
+        b.write(rel, _finish(audio, b.rng("finish", rel), acoustics=p.acoustics))
     for split, split_rows in rows.items():
         path = b.root / "data" / f"{split}_data.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -407,7 +439,7 @@ def _build_iemocap(b: _Build, p: Preset) -> Dict[str, dict]:
 
     jobs, labels = [], {}  # labels: utt -> (dialog, emotion label as written)
     counters: Dict[Tuple[str, str], int] = {}
-    voices = _draw_voices(b.rng("voices"), 10, genders=["F", "M"] * 5)
+    voices = _draw_voices(b.rng("voices"), 10, genders=["F", "M"] * 5, acoustics=p.acoustics)
     for session in range(1, 6):
         for g, gender in enumerate("FM"):
             base = voices[2 * (session - 1) + g]
@@ -431,7 +463,7 @@ def _build_iemocap(b: _Build, p: Preset) -> Dict[str, dict]:
     for utt, audio in b.speak(jobs, "utterances"):
         dialog, label = labels[utt]
         peak = ER_PROSODY.get(label.replace("exc", "hap"), ER_PROSODY["neu"])[4]
-        wav = _finish(audio, b.rng("finish", utt), peak=peak)
+        wav = _finish(audio, b.rng("finish", utt), peak=peak, acoustics=p.acoustics)
         b.write(f"Session{int(utt[3:5])}/sentences/wav/{dialog}/{utt}.wav", wav)
         durations[utt] = len(wav) / SAMPLE_RATE
     for dialog in sorted({d for d, _ in labels.values()}):
@@ -493,7 +525,7 @@ def _build_voxceleb1(b: _Build, p: Preset) -> Dict[str, dict]:
     n_dev, n_test = p.vox_speakers
     # the real corpus keeps ids id10270..id10309 for its verification test speakers
     speakers = [(f"id{10001 + i}", "dev") for i in range(n_dev)] + [(f"id{10270 + i}", "test") for i in range(n_test)]
-    voices = _draw_voices(b.rng("voices"), len(speakers))
+    voices = _draw_voices(b.rng("voices"), len(speakers), acoustics=p.acoustics)
     jobs, meta = [], {}  # meta: rel path under <split>/wav -> (split, speaker, video index, channel tilt)
     for (spk, part), voice in zip(speakers, voices):
         for v in range(p.vox_videos):
@@ -510,7 +542,8 @@ def _build_voxceleb1(b: _Build, p: Preset) -> Dict[str, dict]:
     for rel, audio in b.speak(jobs, "utterances"):
         part, _, _, tilt = meta[rel]
         audio = np.convolve(audio, [1.0, tilt])[: len(audio)]
-        b.write(f"{part}/wav/{rel}", _finish(audio, b.rng("finish", rel), snr_db=(20.0, 35.0)))
+        b.write(f"{part}/wav/{rel}",
+                _finish(audio, b.rng("finish", rel), snr_db=(20.0, 35.0), acoustics=p.acoustics))
 
     # SID: closed set over all speakers, split by video like iden_split.txt (1 train, 2 dev, 3 test)
     def sid_split(v: int) -> int:
@@ -561,7 +594,7 @@ def _build_librispeech(b: _Build, p: Preset) -> Dict[str, dict]:
     ids_rng = b.rng("speaker-ids")
     n_total = sum(p.ls_speakers)
     speaker_ids = [int(x) for x in ids_rng.choice(np.arange(100, 9000), n_total, replace=False)]
-    voices = _draw_voices(b.rng("voices"), n_total)
+    voices = _draw_voices(b.rng("voices"), n_total, acoustics=p.acoustics)
     jobs, trans, counts = [], {}, {}
     start = 0
     for split, n_spk, n_utt in zip(LS_SPLITS, p.ls_speakers, p.ls_utts_per_speaker):
@@ -578,7 +611,7 @@ def _build_librispeech(b: _Build, p: Preset) -> Dict[str, dict]:
                 jobs.append((rel, voice.vary(rng).request(" ".join(words).lower())))
         start += n_spk
     for rel, audio in b.speak(jobs, "utterances"):
-        b.write(rel, _finish(audio, b.rng("finish", rel)))
+        b.write(rel, _finish(audio, b.rng("finish", rel), acoustics=p.acoustics))
     for rel, lines in trans.items():
         b.write_text(rel, sorted(lines))
     write_len_for_bucket(b.root, b.root / "len_for_bucket", LS_SPLITS)
@@ -747,7 +780,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "espeak-ng, in the on-disk layouts s3prl's recipes read. Offline; re-running resumes.")
     parser.add_argument("out", metavar="OUT", help="output directory (created if missing)")
     parser.add_argument("--preset", default="ci", choices=sorted(PRESETS),
-                        help="size: ci (~900 files, for CI) or small (a few times larger); default ci")
+                        help="size: ci (~900 files, for CI), small (a few times larger), mini (the mini-SUPERB "
+                             "instrument) or mini-heldout (mini sizes, other voices and noise); default ci")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same files")
     parser.add_argument("--tasks", default=None,
                         help=f"comma-separated subset of {','.join(TASK_NAMES)} (default: all)")
