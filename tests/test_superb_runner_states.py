@@ -7,20 +7,31 @@ with ``-a``, test only, re-test, skip. The s3prl processes are replaced by a rec
 ``SuperbRunner._execute`` that writes what s3prl would write (checkpoints, prediction files, the result
 line), so the tests count and compare the launches themselves instead of reading log messages. Every
 expected command line is written out here flag by flag; none is built with the runner's own helpers.
+
+Beyond the launches, the later sections pin what a unit's run records: every field of the outcome (built
+by hand from the fixture's result), the result, training-done and failure files key by key, the lock's
+content while s3prl runs, and the timings, made exact by a clock that only the launches advance (training
+12.34 s, evaluation 3.21 s, so 12.3 and 3.2 once rounded to tenths). The whole run is pinned over several
+units: their order, a failure that does not stop it, ``--fail-fast`` that does, and the ``[i/n]`` progress
+lines. The state readers (``unit_is_done``, ``outcome_from_result``, ``pid_alive``) are checked on their own,
+``pid_alive`` against a real child process that must survive the probe.
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
+from lighthubert_s3prl.superb import executor as executor_module
 from lighthubert_s3prl.superb import report, units
 from lighthubert_s3prl.superb.options import RunOptions
 from lighthubert_s3prl.superb.runner import SuperbRunner
@@ -116,9 +127,10 @@ def fake(tmp_path, monkeypatch) -> FakeS3prl:
     return recorder
 
 
-def make_runner(root: Path, tasks: Sequence[str], er_folds: Sequence[str] = ("fold1",)) -> SuperbRunner:
+def make_runner(root: Path, tasks: Sequence[str], er_folds: Sequence[str] = ("fold1",),
+                fail_fast: bool = False) -> SuperbRunner:
     opts = RunOptions(upstream="lighthubert_local", tasks=list(tasks), data={t: {"root": "/data"} for t in tasks},
-                      exp_root=root, ckpt=CKPT, device="cpu", gpus=0, er_folds=list(er_folds))
+                      exp_root=root, ckpt=CKPT, device="cpu", gpus=0, er_folds=list(er_folds), fail_fast=fail_fast)
     return SuperbRunner(opts)
 
 
@@ -175,12 +187,18 @@ def state_done_marker_but_result_half_written(expdir: Path, task: str) -> None:
     (expdir / units.RESULT_FILE).write_text('{"value": 0.')
 
 
+def state_done_marker_but_result_without_value(expdir: Path, task: str) -> None:
+    state_done(expdir, task)
+    (expdir / units.RESULT_FILE).write_text(json.dumps({"prediction_file": PREDICTION[task], "metric": "acc"}))
+
+
 STATES = {
     "nothing": (None, ["train", "evaluate"], None),
     "interrupted": (state_interrupted, ["train", "evaluate"], "states-2.ckpt"),
     "trained": (state_trained, ["evaluate"], None),
     "tested_without_marker": (state_tested_without_marker, ["evaluate"], None),
     "done_marker_but_result_half_written": (state_done_marker_but_result_half_written, ["evaluate"], None),
+    "done_marker_but_result_without_value": (state_done_marker_but_result_without_value, ["evaluate"], None),
     "done": (state_done, [], None),
 }
 
@@ -468,3 +486,419 @@ def test_a_pid_of_another_user_counts_as_alive(monkeypatch):
 
     monkeypatch.setattr(units.os, "kill", gone)
     assert units.pid_alive(4242) is False
+
+
+# ----------------------------------------------------------------------------------------------------
+# what one unit's run records: outcome fields, result and marker files, lock, timings, progress lines
+#
+# Timings are pinned with a clock standing in for the executor's ``time``: every s3prl launch advances
+# it by a fixed amount (training 12.34 s, evaluation 3.21 s), so the seconds recorded are known exactly.
+
+RUNNER_LOGGER = "lighthubert_s3prl.superb.runner"
+TRAIN_TICK, TEST_TICK = 12.34, 3.21
+
+
+class Clock:
+    """``time.monotonic`` of the executor, advanced only by the launches."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def ticking(fake: FakeS3prl, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Route the launches through ``fake`` with each one taking a fixed time on ``clock``."""
+    def execute(self: SuperbRunner, cmd: List[str], log_path: Path) -> Tuple[int, str]:
+        args = cmd[cmd.index("lighthubert_s3prl.run_downstream") + 1:]
+        clock.now += TRAIN_TICK if args[args.index("-m") + 1] == "train" else TEST_TICK
+        return fake(cmd, log_path)
+
+    monkeypatch.setattr(executor_module, "time", clock)
+    monkeypatch.setattr(SuperbRunner, "_execute", execute)
+
+
+def is_local_iso_time(text: str) -> bool:
+    """A timestamp as the runner writes them: ISO 8601 to the second, with the UTC offset."""
+    stamp = datetime.datetime.fromisoformat(text)
+    return stamp.tzinfo is not None and stamp.microsecond == 0 and text == stamp.isoformat(timespec="seconds")
+
+
+def log_lines(caplog: pytest.LogCaptureFixture, module_file: Optional[str] = None) -> List[Tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == RUNNER_LOGGER and (module_file is None or Path(r.pathname).name == module_file)]
+
+
+def test_fresh_unit_records_every_field_of_its_result_marker_and_outcome(fake, monkeypatch, caplog):
+    """A fresh ER fold trained then tested: result.json holds the test record plus the run's identity and
+    timings; the training marker its own; the outcome mirrors the result; three progress lines."""
+    root = fake.root
+    clock = Clock()
+    ticking(fake, clock, monkeypatch)
+    caplog.set_level(logging.INFO, logger=RUNNER_LOGGER)
+    sr = make_runner(root, ["er"], er_folds=["fold2"])
+    expdir = root / "er" / "fold2"
+    train_log, test_log = root / "logs" / "er_fold2.train.log", root / "logs" / "er_fold2.test.log"
+    outcome = sr.run_unit(unit_of(sr, "er_fold2"))
+
+    pred = expdir / "test_fold2_predict.txt"
+    result = json.loads((expdir / units.RESULT_FILE).read_text())
+    finished = result.pop("finished")
+    assert is_local_iso_time(finished)
+    assert result == {
+        "value": 0.75, "split": "test", "ckpt": "dev-best.ckpt", "prediction_file": "test_fold2_predict.txt",
+        "prediction_sha256": sha256(pred), "test_log": str(test_log), "note": "",
+        "task": "er", "fold": "fold2", "metric": "acc", "higher_is_better": True, "percent": 75.0,
+        "params": PARAMS, "upstream": "lighthubert_local", "ckpt_file": CKPT, "subnet": None, "scale": "full",
+        "train_log": str(train_log), "train_seconds": 12.3, "test_seconds": 3.2}
+    # rounded to a tenth of a second, kept as floats
+    assert isinstance(result["train_seconds"], float) and isinstance(result["test_seconds"], float)
+
+    marker = json.loads((expdir / units.TRAIN_DONE_FILE).read_text())
+    assert is_local_iso_time(marker.pop("time"))
+    assert marker == {"seconds": 12.3, "params": PARAMS, "log": str(train_log), "resumed_from": None}
+    assert is_local_iso_time((expdir / units.DONE_FILE).read_text().rstrip("\n"))
+    assert not (expdir / units.FAILED_FILE).exists() and not (expdir / units.LOCK_FILE).exists()
+
+    got = asdict(outcome)
+    assert got.pop("seconds") == pytest.approx(TRAIN_TICK + TEST_TICK)
+    assert got == {"unit": "er_fold2", "task": "er", "fold": "fold2", "status": "done", "expdir": str(expdir),
+                   "value": 0.75, "percent": 75.0, "metric": "acc", "message": "",
+                   "logs": [str(train_log), str(test_log)], "result_file": str(expdir / units.RESULT_FILE),
+                   "prediction_file": str(pred)}
+    assert log_lines(caplog) == [("INFO", f"er/fold2: training (log: {train_log})"),
+                                 ("INFO", "er/fold2: testing dev-best.ckpt on test"),
+                                 ("INFO", "er/fold2: test acc = 0.7500")]
+
+
+def test_resumed_training_records_the_checkpoint_it_continued_from(fake, monkeypatch, caplog):
+    root = fake.root
+    clock = Clock()
+    ticking(fake, clock, monkeypatch)
+    caplog.set_level(logging.INFO, logger=RUNNER_LOGGER)
+    expdir = root / "ks"
+    state_interrupted(expdir, "ks")
+    (expdir / "states-10.ckpt").write_bytes(b"newer")  # newer by step although it sorts first by name
+    fake.total_steps = 12
+    sr = make_runner(root, ["ks"])
+    assert sr.run_unit(unit_of(sr, "ks")).status == "done"
+    assert fake.calls[0] == Call("train", train_args(root, "ks"), "states-10.ckpt")
+    marker = json.loads((expdir / units.TRAIN_DONE_FILE).read_text())
+    assert (marker["resumed_from"], marker["seconds"]) == ("states-10.ckpt", 12.3)
+    assert log_lines(caplog)[0] == ("INFO", "ks: resuming training from states-10.ckpt")
+
+
+def test_finished_unit_is_skipped_with_its_recorded_result(fake, caplog):
+    """A done unit launches nothing; its outcome is built from the result on disk, took no time, and
+    lists the recorded logs, training first."""
+    root = fake.root
+    expdir = root / "er" / "fold1"
+    state_done(expdir, "er")
+    recorded = {"value": 0.625, "percent": 62.5, "metric": "acc", "prediction_file": "test_fold1_predict.txt",
+                "train_log": "/old/logs/er_fold1.train.log", "test_log": "/old/logs/er_fold1.test.log"}
+    (expdir / units.RESULT_FILE).write_text(json.dumps(recorded))
+    caplog.set_level(logging.INFO, logger=RUNNER_LOGGER)
+    sr = make_runner(root, ["er"])
+    outcome = sr.run_unit(unit_of(sr, "er_fold1"))
+    assert fake.calls == []
+    assert asdict(outcome) == {
+        "unit": "er_fold1", "task": "er", "fold": "fold1", "status": "skipped", "expdir": str(expdir),
+        "value": 0.625, "percent": 62.5, "metric": "acc", "seconds": 0.0, "message": "finished earlier",
+        "logs": ["/old/logs/er_fold1.train.log", "/old/logs/er_fold1.test.log"],
+        "result_file": str(expdir / units.RESULT_FILE), "prediction_file": str(expdir / "test_fold1_predict.txt")}
+    assert isinstance(outcome.seconds, float)
+    assert log_lines(caplog) == [("INFO", "er/fold1: skipped, finished earlier (acc 0.625)")]
+    assert json.loads((expdir / units.RESULT_FILE).read_text()) == recorded  # nothing rewritten
+
+
+def test_unit_locked_from_another_host_is_busy_with_who_holds_it(fake, caplog):
+    """Another machine's pid cannot be checked: its lock is respected, and the outcome says whose it is."""
+    root = fake.root
+    expdir = root / "er" / "fold1"
+    expdir.mkdir(parents=True)
+    lock = {"pid": 4242, "host": "node7-" + socket.gethostname(), "started": "2026-01-01T00:00:00+00:00"}
+    (expdir / units.LOCK_FILE).write_text(json.dumps(lock))
+    caplog.set_level(logging.INFO, logger=RUNNER_LOGGER)
+    sr = make_runner(root, ["er"])
+    outcome = sr.run_unit(unit_of(sr, "er_fold1"))
+    msg = f"another runner (pid 4242 on node7-{socket.gethostname()}) is working on {expdir}"
+    assert fake.calls == []
+    assert asdict(outcome) == {
+        "unit": "er_fold1", "task": "er", "fold": "fold1", "status": "busy", "expdir": str(expdir), "value": None,
+        "percent": None, "metric": None, "seconds": 0.0, "message": msg, "logs": [], "result_file": None,
+        "prediction_file": None}
+    assert log_lines(caplog) == [("WARNING", f"er/fold1: {msg}; leaving it alone")]
+    assert json.loads((expdir / units.LOCK_FILE).read_text()) == lock
+    assert sorted(p.name for p in expdir.iterdir()) == [units.LOCK_FILE]
+
+
+def test_a_lock_held_by_this_process_does_not_block_it(fake):
+    """The lock names this very process (an earlier call in the same run): the unit is run, not busy."""
+    root = fake.root
+    expdir = root / "ks"
+    expdir.mkdir(parents=True)
+    (expdir / units.LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    sr = make_runner(root, ["ks"])
+    assert sr.run_unit(unit_of(sr, "ks")).status == "done"
+    assert [c.mode for c in fake.calls] == ["train", "evaluate"]
+    assert not (expdir / units.LOCK_FILE).exists()
+
+
+def test_the_lock_names_this_process_while_s3prl_runs(fake, monkeypatch):
+    """Other runners read pid and host from the lock: it must hold them during every launch."""
+    root = fake.root
+    expdir = root / "ks"
+    seen: List[dict] = []
+
+    def execute(self: SuperbRunner, cmd: List[str], log_path: Path) -> Tuple[int, str]:
+        seen.append(json.loads((expdir / units.LOCK_FILE).read_text()))
+        return fake(cmd, log_path)
+
+    monkeypatch.setattr(SuperbRunner, "_execute", execute)
+    sr = make_runner(root, ["ks"])
+    assert sr.run_unit(unit_of(sr, "ks")).status == "done"
+    assert len(seen) == 2 and seen[0] == seen[1]
+    assert sorted(seen[0]) == ["host", "pid", "started"]
+    assert (seen[0]["pid"], seen[0]["host"]) == (os.getpid(), socket.gethostname())
+    assert is_local_iso_time(seen[0]["started"])
+    assert units.lock_owner(expdir) is None  # released afterwards
+
+
+def test_a_lock_removed_during_the_run_does_not_fail_the_unit(fake, monkeypatch):
+    """Someone clearing the lock by hand mid-run must not turn a finished unit into a crash."""
+    root = fake.root
+    expdir = root / "ks"
+
+    def execute(self: SuperbRunner, cmd: List[str], log_path: Path) -> Tuple[int, str]:
+        (expdir / units.LOCK_FILE).unlink(missing_ok=True)  # by hand, during training
+        return fake(cmd, log_path)
+
+    monkeypatch.setattr(SuperbRunner, "_execute", execute)
+    sr = make_runner(root, ["ks"])
+    outcome = sr.run_unit(unit_of(sr, "ks"))
+    assert outcome.status == "done" and (expdir / units.DONE_FILE).is_file()
+
+
+def test_failed_training_records_stage_message_and_log(fake, monkeypatch, caplog):
+    root = fake.root
+    clock = Clock()
+    ticking(fake, clock, monkeypatch)
+    caplog.set_level(logging.INFO, logger=RUNNER_LOGGER)
+    fake.fail = {"train": 3}
+    expdir = root / "ks"
+    train_log = root / "logs" / "ks.train.log"
+    sr = make_runner(root, ["ks"])
+    outcome = sr.run_unit(unit_of(sr, "ks"))
+    reason = "s3prl exited with code 3; last lines:\nTraceback: CUDA out of memory"
+    failed = json.loads((expdir / units.FAILED_FILE).read_text())
+    assert is_local_iso_time(failed.pop("time"))
+    assert failed == {"stage": "train", "message": reason, "log": str(train_log)}
+    got = asdict(outcome)
+    assert got.pop("seconds") == pytest.approx(TRAIN_TICK)
+    assert got == {"unit": "ks", "task": "ks", "fold": None, "status": "failed", "expdir": str(expdir),
+                   "value": None, "percent": None, "metric": None, "message": f"train: {reason}",
+                   "logs": [str(train_log)], "result_file": None, "prediction_file": None}
+    assert log_lines(caplog)[-1] == ("ERROR", f"ks: train failed: {reason} (log: {train_log})")
+    assert not (expdir / units.LOCK_FILE).exists()
+
+
+def test_failed_test_records_the_test_log(fake, monkeypatch):
+    root = fake.root
+    clock = Clock()
+    ticking(fake, clock, monkeypatch)
+    fake.fail = {"evaluate": 2}
+    expdir = root / "ks"
+    test_log = root / "logs" / "ks.test.log"
+    state_trained(expdir, "ks")
+    sr = make_runner(root, ["ks"])
+    outcome = sr.run_unit(unit_of(sr, "ks"))
+    reason = "s3prl exited with code 2; last lines:\nnoise before\ntest acc: 0.75"
+    failed = json.loads((expdir / units.FAILED_FILE).read_text())
+    assert (failed["stage"], failed["message"], failed["log"]) == ("test", reason, str(test_log))
+    assert (outcome.status, outcome.message, outcome.logs) == ("failed", f"test: {reason}", [str(test_log)])
+    assert outcome.seconds == pytest.approx(TEST_TICK)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the training step on its own
+
+
+def test_training_found_finished_is_not_repeated(fake):
+    root = fake.root
+    state_trained(root / "ks", "ks")  # its marker records 123 parameters
+    sr = make_runner(root, ["ks"])
+    assert sr.executor.train(unit_of(sr, "ks")) == (True, "trained earlier", 123, 0.0)
+    assert fake.calls == []
+
+
+def test_training_reports_the_parameter_count_and_its_time(fake, monkeypatch):
+    root = fake.root
+    ticking(fake, Clock(), monkeypatch)
+    sr = make_runner(root, ["ks"])
+    ok, message, params, seconds = sr.executor.train(unit_of(sr, "ks"))
+    assert (ok, message, params) == (True, "trained", PARAMS)
+    assert seconds == pytest.approx(TRAIN_TICK)
+    assert fake.calls == [Call("train", train_args(root, "ks"))]
+
+
+def test_parameter_count_is_read_back_from_the_log_when_the_output_lacks_it(fake, monkeypatch):
+    """When the captured output holds no parameter line, the log (which may hold bytes that are not UTF-8,
+    e.g. from a progress bar cut mid-character) is searched; its last count wins."""
+    root = fake.root
+    log = root / "logs" / "ks.train.log"
+    log.parent.mkdir(parents=True)
+    log.write_bytes(b"\xff\xfe partial progress bar\n[Expert] - LightHuBERT small subnet (1,234 parameters)\n")
+
+    def execute(self: SuperbRunner, cmd: List[str], log_path: Path) -> Tuple[int, str]:
+        rc, _ = fake(cmd, log_path)  # appends this run's output, parameter line included, to the log
+        return rc, "output not captured\n"
+
+    monkeypatch.setattr(SuperbRunner, "_execute", execute)
+    sr = make_runner(root, ["ks"])
+    assert sr.executor.train(unit_of(sr, "ks"))[:3] == (True, "trained", PARAMS)
+    assert json.loads((root / "ks" / units.TRAIN_DONE_FILE).read_text())["params"] == PARAMS
+
+
+def test_no_parameter_line_anywhere_records_no_count(fake, monkeypatch):
+    root = fake.root
+
+    def execute(self: SuperbRunner, cmd: List[str], log_path: Path) -> Tuple[int, str]:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("training without an [Expert] line\n")
+        return 0, "training without an [Expert] line\n"
+
+    monkeypatch.setattr(SuperbRunner, "_execute", execute)
+    sr = make_runner(root, ["ks"])
+    assert sr.executor.train(unit_of(sr, "ks"))[:3] == (True, "trained", None)
+    assert json.loads((root / "ks" / units.TRAIN_DONE_FILE).read_text())["params"] is None
+
+
+# ----------------------------------------------------------------------------------------------------
+# the whole run over several units: order, failures, --fail-fast, summary
+
+
+def failing_unit(fake: FakeS3prl, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every launch of unit ``name`` exits with code 1 (after doing its work); the others succeed."""
+    def execute(self: SuperbRunner, cmd: List[str], log_path: Path) -> Tuple[int, str]:
+        rc, text = fake(cmd, log_path)
+        return (1, text) if log_path.name.startswith(f"{name}.") else (rc, text)
+
+    monkeypatch.setattr(SuperbRunner, "_execute", execute)
+    monkeypatch.setattr(SuperbRunner, "build_configs", lambda self, tasks: None)
+
+
+@pytest.mark.parametrize("fail_fast", [False, True])
+def test_run_goes_through_units_in_order_and_handles_a_failure(fail_fast, fake, monkeypatch, caplog):
+    """Without --fail-fast a failed unit does not stop the batch; with it the run stops right after the
+    first failure. Either way the summary lists exactly the units that ran, in order."""
+    root = fake.root
+    failing_unit(fake, "ic", monkeypatch)
+    caplog.set_level(logging.INFO, logger=RUNNER_LOGGER)
+    outcomes = make_runner(root, ["pr", "ic", "ks"], fail_fast=fail_fast).run()
+    ran = ["pr", "ic"] if fail_fast else ["pr", "ic", "ks"]
+    assert [(o.unit, o.status) for o in outcomes] == [
+        ("pr", "done"), ("ic", "failed"), ("ks", "done")][:len(ran)]
+    expected_calls = [Call("train", train_args(root, "pr")),
+                      Call("evaluate", eval_args(root / "pr" / "dev-best.ckpt", "test", root / "pr")),
+                      Call("train", train_args(root, "ic"))]
+    if not fail_fast:
+        expected_calls += [Call("train", train_args(root, "ks")),
+                           Call("evaluate", eval_args(root / "ks" / "dev-best.ckpt", "test", root / "ks"))]
+    assert fake.calls == expected_calls
+    summary = json.loads((root / report.SUMMARY_JSON).read_text())
+    assert [(u["unit"], u["status"]) for u in summary["units"]] == [(o.unit, o.status) for o in outcomes]
+    progress = [("INFO", f"[{i}/3] {name}") for i, name in enumerate(ran, 1)]
+    if fail_fast:
+        progress.append(("ERROR", "stopping after the first failure (--fail-fast)"))
+    assert log_lines(caplog, "runner.py") == progress
+
+
+def test_fail_fast_run_without_failures_runs_every_unit(fake, monkeypatch):
+    root = fake.root
+    monkeypatch.setattr(SuperbRunner, "build_configs", lambda self, tasks: None)
+    outcomes = make_runner(root, ["pr", "ks"], fail_fast=True).run()
+    assert [(o.unit, o.status) for o in outcomes] == [("pr", "done"), ("ks", "done")]
+    assert [c.mode for c in fake.calls] == ["train", "evaluate", "train", "evaluate"]
+
+
+def test_run_creates_a_root_whose_parents_do_not_exist_yet(tmp_path, monkeypatch):
+    root = tmp_path / "exp" / "superb" / "lighthubert_local-tiny"
+    recorder = FakeS3prl(root)
+    monkeypatch.setattr(SuperbRunner, "_execute", lambda self, cmd, log_path: recorder(cmd, log_path))
+    monkeypatch.setattr(SuperbRunner, "build_configs", lambda self, tasks: None)
+    outcomes = make_runner(root, ["ks"]).run()
+    assert [(o.unit, o.status) for o in outcomes] == [("ks", "done")]
+    assert json.loads((root / units.MANIFEST_NAME).read_text())["upstream"] == "lighthubert_local"
+    assert (root / report.SUMMARY_JSON).is_file()
+
+
+# ----------------------------------------------------------------------------------------------------
+# the state readers: unit_is_done, outcome_from_result, pid_alive
+
+
+@pytest.mark.parametrize("marker, result, done", [
+    (True, {"value": 0.5, "metric": "acc"}, True),
+    (True, {"value": 0.0}, True),  # a score of zero is a score
+    (True, {"metric": "acc", "percent": 50.0}, False),  # no value: not a result
+    (True, [0.5], False),
+    (True, None, False),
+    (False, {"value": 0.5}, False),  # the marker is written last: without it the result may be stale
+])
+def test_a_unit_is_done_only_with_its_marker_and_a_result_holding_a_value(marker, result, done, tmp_path):
+    unit = Unit("ks", None, tmp_path / "ks")
+    unit.expdir.mkdir()
+    if marker:
+        (unit.expdir / units.DONE_FILE).write_text("2026-01-01T00:00:00+00:00\n")
+    if result is not None:
+        (unit.expdir / units.RESULT_FILE).write_text(json.dumps(result))
+    assert units.unit_is_done(unit) == (result if done else None)
+
+
+def test_outcome_from_a_full_result(tmp_path):
+    unit = Unit("er", "fold4", tmp_path / "er" / "fold4")
+    result = {"value": 0.6, "percent": 60.0, "metric": "acc", "prediction_file": "test_fold4_predict.txt",
+              "train_log": "/l/er_fold4.train.log", "test_log": "/l/er_fold4.test.log", "split": "test"}
+    got = units.outcome_from_result(unit, result, "done", 7.5, "a message")
+    assert asdict(got) == {
+        "unit": "er_fold4", "task": "er", "fold": "fold4", "status": "done", "expdir": str(unit.expdir),
+        "value": 0.6, "percent": 60.0, "metric": "acc", "seconds": 7.5, "message": "a message",
+        "logs": ["/l/er_fold4.train.log", "/l/er_fold4.test.log"],
+        "result_file": str(tmp_path / "er" / "fold4" / units.RESULT_FILE),
+        "prediction_file": str(tmp_path / "er" / "fold4" / "test_fold4_predict.txt")}
+
+
+@pytest.mark.parametrize("extra, logs", [
+    ({"test_log": "/l/t.log"}, ["/l/t.log"]),
+    ({"train_log": "/l/a.log"}, ["/l/a.log"]),
+    ({"train_log": "", "test_log": None}, []),
+    ({}, []),
+])
+def test_outcome_from_a_sparse_result_lists_only_the_logs_it_has(extra, logs, tmp_path):
+    """Results of older runs may lack logs or predictions: the outcome leaves those out, nothing invented."""
+    unit = Unit("ks", None, tmp_path / "ks")
+    got = units.outcome_from_result(unit, {"value": 0.9, "prediction_file": "", **extra}, "skipped", 0.0, "")
+    assert (got.logs, got.prediction_file, got.percent, got.metric) == (logs, None, None, None)
+    assert (got.unit, got.task, got.fold, got.expdir) == ("ks", "ks", None, str(tmp_path / "ks"))
+
+
+def test_liveness_probe_of_a_live_process_sends_it_no_signal():
+    """pid_alive on a process that would die of SIGHUP: it is alive before and after the probe."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        for _ in range(3):
+            assert units.pid_alive(child.pid) is True
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
+    assert units.pid_alive(child.pid) is False
+
+
+def test_liveness_probe_uses_signal_zero(monkeypatch):
+    sent: List[Tuple[int, int]] = []
+    monkeypatch.setattr(units.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    assert units.pid_alive(4242) is True
+    assert sent == [(4242, 0)]

@@ -412,39 +412,82 @@ def to_json(table: Table) -> dict:
             "score_note": table.score_note(), "units": "percent (MTWV for QbE)", "rows": rows}
 
 
-def plot(table: Table, path: Path) -> Path:
-    """Parameters vs SUPERB score (over the table's score tasks), written atomically as PNG."""
+@dataclass(frozen=True)
+class PlotPoint:
+    """One row on the parameters-vs-score plot."""
+
+    name: str  # written beside the marker
+    x: float  # parameters in millions, at least PLOT_MIN_PARAMS_M so that the log axis can show it
+    y: float  # SUPERB score over the table's score tasks
+    ours: bool  # this run's row (star) or a published one (dot)
+    legend: Optional[str]  # "this run" / "published" on the first point of its kind, else None
+    label_offset: Tuple[int, int]  # where the name goes, in points from the marker
+
+
+@dataclass(frozen=True)
+class PlotSpec:
+    """What the plot shows, independent of how it is drawn."""
+
+    points: Tuple[PlotPoint, ...]  # by increasing x
+    title: str
+    xlabel: str
+    ylabel: str
+    xscale: str
+    empty_note: Optional[str]  # written across the axes when no row can be drawn
+
+
+PLOT_MIN_PARAMS_M = 0.1  # FBANK has 0 parameters, which a log axis cannot show
+
+
+def plot_spec(table: Table) -> PlotSpec:
+    """Parameters vs SUPERB score: the rows with both a score and a parameter count."""
+    found = [(max(row.params_m, PLOT_MIN_PARAMS_M), table.scores[key].value, row)  # type: ignore[union-attr]
+             for row, key in zip(table.rows, _row_keys(table.rows))
+             if table.scores.get(key) is not None and row.params_m is not None]
+    labelled = {"ours": False, "reference": False}
+    points = []
+    # neighbours in size (e.g. DistilHuBERT and DPHuBERT) get labels above and below in turn
+    for i, (x, y, row) in enumerate(sorted(found, key=lambda p: p[0])):
+        ours = row.kind == "ours"
+        legend = None if labelled[row.kind] else ("this run" if ours else "published")
+        labelled[row.kind] = True
+        points.append(PlotPoint(row.name, x, y, ours, legend, (6, 6 if i % 2 == 0 else -12)))
+    tasks = ",".join(t.upper() for t in table.score_tasks) or "none"
+    return PlotSpec(tuple(points), f"SUPERB score over {tasks} vs parameters", "parameters (M, log scale)",
+                    "SUPERB score" + (" (partial)" if table.partial else ""), "log",
+                    None if points else "no row has both a score and a parameter count")
+
+
+def draw_plot(spec: PlotSpec):
+    """The matplotlib figure of ``spec`` (a pyplot figure on the Agg backend; the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display in CI or over ssh
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    points = [(max(row.params_m, 0.1), table.scores[key].value, row)  # type: ignore[union-attr]
-              for row, key in zip(table.rows, _row_keys(table.rows))
-              if table.scores.get(key) is not None and row.params_m is not None]
-    labelled = {"ours": False, "reference": False}
-    # neighbours in size (e.g. DistilHuBERT and DPHuBERT) get labels above and below in turn
-    for i, (x, y, row) in enumerate(sorted(points, key=lambda p: p[0])):
-        ours = row.kind == "ours"
-        label = None if labelled[row.kind] else ("this run" if ours else "published")
-        labelled[row.kind] = True
-        ax.scatter([x], [y], marker="*" if ours else "o", s=160 if ours else 50,
-                   color="tab:red" if ours else "tab:blue", zorder=3, label=label)
-        ax.annotate(row.name, (x, y), textcoords="offset points", xytext=(6, 6 if i % 2 == 0 else -12), fontsize=8)
-    plotted = len(points)
-    if plotted:
+    for p in spec.points:
+        ax.scatter([p.x], [p.y], marker="*" if p.ours else "o", s=160 if p.ours else 50,
+                   color="tab:red" if p.ours else "tab:blue", zorder=3, label=p.legend)
+        ax.annotate(p.name, (p.x, p.y), textcoords="offset points", xytext=p.label_offset, fontsize=8)
+    if spec.points:
         ax.legend(loc="lower right", fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters (M, log scale)")
-    tasks = ",".join(t.upper() for t in table.score_tasks) or "none"
-    ax.set_ylabel("SUPERB score" + (" (partial)" if table.partial else ""))
-    ax.set_title(f"SUPERB score over {tasks} vs parameters", fontsize=10)
+    ax.set_xscale(spec.xscale)
+    ax.set_xlabel(spec.xlabel)
+    ax.set_ylabel(spec.ylabel)
+    ax.set_title(spec.title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    if plotted == 0:
-        ax.text(0.5, 0.5, "no row has both a score and a parameter count", ha="center", va="center",
-                transform=ax.transAxes)
+    if spec.empty_note is not None:
+        ax.text(0.5, 0.5, spec.empty_note, ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
+    return fig
+
+
+def plot(table: Table, path: Path) -> Path:
+    """Parameters vs SUPERB score (over the table's score tasks), written atomically as PNG."""
+    fig = draw_plot(plot_spec(table))
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
