@@ -35,7 +35,7 @@ def full_root(tmp_path: Path) -> Path:
     root = tmp_path / "exp"
     root.mkdir()
     units.write_json(root / units.MANIFEST_NAME, {"upstream": "lighthubert_local", "ckpt": "/x/tiny.pt",
-                                                    "subnet": None, "scale": "ci", "tasks": list(units.TASK_ORDER)})
+                                                    "subnet": None, "scale": "full", "tasks": list(units.TASK_ORDER)})
     for task, value in VALUES.items():
         fake_unit(root, task, value)
     for fold, value in ER_VALUES.items():
@@ -162,17 +162,18 @@ JSON_EXPECTED = {
                    "(x − FBANK)/(SOTA − FBANK) — the leaderboard formula restricted to these tasks, for every row "
                    "alike. It is comparable within this table only; 'LB score' is the published 10-task "
                    "leaderboard score."),
+    "offline_score_label": None,
     "units": "percent (MTWV for QbE)",
     "rows": [
         {"name": "a", "kind": "ours", "params_m": 1.5, "path": "/x/a", "source": None, "leaderboard_score": None,
-         "superb_score": 12.25,
+         "superb_score": 12.25, "scale": "full", "synthetic": False,
          "tasks": {**{t: _task(_fields(t, "missing", None, "", "", None), "missing", {}) for t in OUR_TASKS},
                    "pr": _task(_fields("pr", "done", 12.5, "d", "s", 1_500_000), "12.50", {}),
                    "er": _task(_fields("er", "partial", None, "1/5 folds (failed)", "", None), "1/5 folds (failed)", {
                        "fold1": _fold(_fields("er", "done", 50.0, "d1", "s1", 7), "50.00"),
                        "fold2": _fold(_fields("er", "failed", None, "test: x", "", None), "failed")})}},
         {"name": "R", "kind": "reference", "params_m": None, "path": None, "source": "paper",
-         "leaderboard_score": 900, "superb_score": None,
+         "leaderboard_score": 900, "superb_score": None, "scale": "full", "synthetic": False,
          "tasks": {"ks": _task(_fields("ks", "done", 96.0, "", "paper", None), "96.00", {})}},
     ]}
 
@@ -562,3 +563,96 @@ def test_main_help_names_the_command_and_describes_it(capsys, monkeypatch):
         "Collect s3prl SUPERB results (run_superb.sh experiment roots or plain s3prl expdirs) into the paper-style "
         "table: Markdown, CSV, JSON and a parameters-vs-score plot, with published reference rows beside ours. "
         "Unfinished tasks are shown by status, never as numbers.")
+
+
+# ----------------------------------------------------------------------------------------------------
+# offline rows (a reduced task scale or a generated corpus): their score gets its own column and plot
+
+
+def _offline_root(tmp_path: Path, name: str, scale: str, corpus_marker: bool) -> Path:
+    data = tmp_path / f"data_{name}"
+    data.mkdir()
+    if corpus_marker:
+        (data / collect.CORPUS_MANIFEST).write_text("{}")
+    root = tmp_path / name
+    units.write_json(root / units.MANIFEST_NAME, {"upstream": "fbank_no_cmvn", "ckpt": None, "subnet": None,
+                                                    "scale": scale, "data": {"ks": {"root": str(data)}}})
+    return root
+
+
+@pytest.mark.parametrize("scale, marker, offline, synthetic", [
+    ("mini", True, True, True), ("full", True, True, True), ("ci", False, True, False),
+    ("full", False, False, False)])
+def test_collect_model_reads_the_scale_and_whether_the_data_was_generated(scale, marker, offline, synthetic,
+                                                                          tmp_path):
+    row = collect.collect_model(_offline_root(tmp_path, "r", scale, marker))
+    assert (row.scale, row.synthetic, row.offline) == (scale, synthetic, offline)
+
+
+def test_corpus_marker_is_the_file_make_corpus_writes():
+    from lighthubert_s3prl.superb import corpus
+
+    assert collect.CORPUS_MANIFEST == corpus.MANIFEST_NAME
+
+
+def _offline_table(synthetic: bool = True) -> Table:
+    def ks_only(value: float) -> Dict[str, TaskResult]:
+        return {t: TaskResult(t, "done", value) if t == "ks" else TaskResult(t, "missing") for t in OUR_TASKS}
+
+    ours = ModelRow("distilled", "ours", 2.5, ks_only(75.0), "/x/d", scale="mini", synthetic=synthetic)
+    fbank = ModelRow("fbank", "ours", 0.0, ks_only(50.0), "/x/f", scale="mini", synthetic=synthetic)
+    ref = ModelRow("Ref", "reference", 94.7, {"ks": TaskResult("ks", "done", 96.0, source="paper")},
+                   leaderboard_score=900, source="paper")
+    scores = {"distilled": Score(-400.0, ("ks",)), "fbank": Score(-800.0, ("ks",)), "Ref": Score(800.0, ("ks",))}
+    return Table([ours, fbank, ref], ("ks",), scores, GENERATED)
+
+
+def test_offline_rows_score_in_a_column_of_their_own():
+    md = collect.to_markdown(_offline_table())
+    lines = md.splitlines()
+    assert lines[0] == ("| Model | Params (M) | PR PER↓ | KS Acc↑ | IC Acc↑ | SID Acc↑ | ER Acc↑ | ASR WER↓ | ASV EER↓ | "
+                        "mini-SUPERB score (synthetic, not comparable to the leaderboard) | "
+                        "SUPERB score (partial, 1 tasks) | LB score |")
+    missing = "missing | " * 5
+    assert lines[2] == f"| **distilled** | 2.50 | missing | 75.00 | {missing}-400.0 | — | — |"
+    assert lines[3] == f"| **fbank** | 0.00 | missing | 50.00 | {missing}-800.0 | — | — |"
+    assert lines[4] == "| Ref (published) | 94.70 | — | 96.00 | — | — | — | — | — | — | 800.0 | 900 |"
+    assert ("Our rows ran on generated speech at a reduced task scale: the same formula gives their 'mini-SUPERB "
+            "score (synthetic, not comparable to the leaderboard)', which ranks them against each other, not against "
+            "the published rows.") in md
+
+
+def test_a_reduced_scale_on_real_data_is_named_by_its_scale():
+    table = _offline_table(synthetic=False)
+    assert table.offline_header() == "mini-scale score (not comparable to the leaderboard)"
+    assert "Our rows ran on a reduced task scale: the same formula gives their 'mini-scale score" in table.score_note()
+
+
+def test_offline_csv_and_json_say_which_rows_are_offline():
+    table = _offline_table()
+    csv_lines = collect.to_csv(table).splitlines()
+    assert csv_lines[0].endswith(",leaderboard_score,path_or_source,offline")
+    assert [line.rsplit(",", 1)[1] for line in csv_lines[1:]] == ["true", "true", "false"]
+    data = collect.to_json(table)
+    assert data["offline_score_label"] == "mini-SUPERB score (synthetic, not comparable to the leaderboard)"
+    assert [(r["scale"], r["synthetic"]) for r in data["rows"]] == [("mini", True), ("mini", True), ("full", False)]
+
+
+def test_offline_plot_leaves_the_published_points_out():
+    spec = collect.plot_spec(_offline_table())
+    assert spec == PlotSpec(
+        (PlotPoint("fbank", 0.1, -800.0, True, "this run", (6, 6)),
+         PlotPoint("distilled", 2.5, -400.0, True, None, (6, -12))),
+        "mini-SUPERB score over KS vs parameters (synthetic, not comparable to the leaderboard)",
+        "parameters (M, log scale)", "mini-SUPERB score", "log", None)
+
+
+def test_plot_writes_a_png_whatever_savefig_format_the_matplotlibrc_sets(tmp_path):
+    import matplotlib
+
+    out = tmp_path / "p.png"
+    with matplotlib.rc_context({"savefig.format": "pdf"}):
+        assert collect.plot(_plot_table(), out) == out
+    png = out.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (840, 540)

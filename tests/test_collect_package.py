@@ -75,7 +75,7 @@ def full_root(tmp_path) -> Path:
     root = tmp_path / "exp"
     root.mkdir()
     units.write_json(root / units.MANIFEST_NAME, {"upstream": "lighthubert_local", "ckpt": "/x/tiny.pt",
-                                                    "subnet": None, "scale": "ci", "tasks": list(units.TASK_ORDER)})
+                                                    "subnet": None, "scale": "full", "tasks": list(units.TASK_ORDER)})
     for task, value in VALUES.items():
         fake_unit(root, task, value)
     for fold, value in ER_VALUES.items():

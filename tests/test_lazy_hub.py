@@ -137,3 +137,30 @@ def test_a_run_imports_only_the_upstream_it_uses(tmp_path):
     assert report["entries"] == {"fbank_no_cmvn": "s3prl.upstream.baseline.hubconf",
                                  "lighthubert_local": "lighthubert_s3prl.upstream.hubconf"}
     assert report["loaded"] == []
+
+
+@pytest.mark.parametrize("setting, lazy", [(None, True), ("", True), ("1", False)])
+def test_the_full_hub_switch(setting, lazy, monkeypatch):
+    calls = []
+    monkeypatch.setattr(lazy_hub, "install", lambda: calls.append("install") or "hub")
+    if setting is None:
+        monkeypatch.delenv(lazy_hub.FULL_HUB_ENV, raising=False)
+    else:
+        monkeypatch.setenv(lazy_hub.FULL_HUB_ENV, setting)
+    assert lazy_hub.install_unless_disabled() == ("hub" if lazy else None)
+    assert calls == (["install"] if lazy else [])
+
+
+TEACHER_PROBE = """
+import json, sys
+from lighthubert_s3prl.training.teachers import S3prlTeacher
+S3prlTeacher("fbank")
+print(json.dumps({"hub": type(sys.modules["s3prl.hub"]).__name__,
+                  "loaded": sorted(m for m in ("transformers", "sklearn") if m in sys.modules)}))
+"""
+
+
+def test_a_distillation_teacher_loads_through_the_lazy_hub(tmp_path):
+    out = subprocess.run([sys.executable, "-c", TEACHER_PROBE], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"hub": "LazyHub", "loaded": []}

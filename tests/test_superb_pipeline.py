@@ -7,6 +7,7 @@ read, copy or re-run it. Error paths use the runner in-process (no s3prl start-u
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -294,18 +295,26 @@ def test_script_reports_errors_with_exit_code_2(tmp_path):
 # quickstart
 
 
-def test_quickstart_runs_and_resumes(superb_corpus, tmp_path, capsys):
-    from lighthubert_s3prl.superb import quickstart
+def test_quickstart_ranks_its_rows_and_resumes(superb_corpus, tmp_path, capsys):
+    from lighthubert_s3prl.commands import quickstart
 
     work = tmp_path / "qs"
-    argv = [str(work), "--tasks", "ks", "--steps", "4", "--corpus", str(superb_corpus)]
+    argv = [str(work), "--tasks", "ks", "--steps", "4", "--distil-steps", "2", "--scale", "ci", "--preset", "ci",
+            "--corpus", str(superb_corpus)]
     assert quickstart.main(argv) == 0
     out = capsys.readouterr().out
-    assert "| **LightHuBERT tiny (random, quickstart)** | 2.52 |" in out
-    assert (work / "checkpoints" / "lighthubert_tiny_seed0.pt").is_file()
-    assert (work / "results" / "superb_results.md").is_file() and (work / "exp" / "ks" / units.DONE_FILE).is_file()
-    for where in ("corpus ", "checkpoint ", "runs ", "markdown ", "submission "):
-        assert where in out
+    # the three rows, their parameter counts (the tiny model: 2.52 M; fbank: none), the offline score column
+    assert "| **LightHuBERT tiny, distilled from fbank** | 2.52 |" in out
+    assert "| **LightHuBERT tiny, random init** | 2.52 |" in out
+    assert "| **fbank_no_cmvn (no weights)** | 0.00 |" in out
+    assert "mini-SUPERB score (synthetic, not comparable to the leaderboard)" in out
+    assert re.search(r"^ranking by mini-SUPERB score over KS: .+ > .+ > .+; distilled beats random on [01]/1 tasks$",
+                     out, re.MULTILINE)
+    for name in ("tiny_random_seed0.pt", "tiny_distilled_seed0.pt"):
+        assert (work / "checkpoints" / name).is_file()
+    for row in ("distilled", "random", "fbank"):
+        assert (work / "exp" / row / "ks" / units.DONE_FILE).is_file()
+    assert (work / "results" / "superb_results.md").is_file()
     assert quickstart.main(argv) == 0  # everything is reused
     again = capsys.readouterr().out
-    assert "units: 1 skipped" in again
+    assert "units: 3 skipped" in again

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -108,6 +109,45 @@ def test_configs_follow_superb_and_lighthubert_settings(task):
     assert section["num_workers"] == 0
     for key in spec.assets:
         assert (spec.config_dir / task_registry._get_dotted(full, key)).is_file()
+
+
+def _leaves(node, prefix=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], node
+
+
+# what the mini scale may change: steps, evaluation points, batch, learning rate, in-process loading
+MINI_MAY_CHANGE = re.compile(r"^(runner\.(total_steps|log_step|eval_step|save_step|gradient_accumulate_steps)|"
+                             r"optimizer\.lr|downstream_expert\.datarc\.(num_workers|batch_size|train_batch_size|"
+                             r"eval_batch_size))$")
+
+
+@pytest.mark.parametrize("task", ["ks", "ic", "er"])
+def test_the_mini_scale_keeps_superbs_model_and_changes_only_what_it_may(task):
+    full = dict(_leaves(task_registry.load_task_config(task)))
+    mini = dict(_leaves(task_registry.load_task_config(task, "mini")))
+    assert set(mini) == set(full), "the mini scale adds or drops no key"
+    changed = sorted(k for k in full if mini[k] != full[k])
+    assert changed and all(MINI_MAY_CHANGE.match(k) for k in changed), changed
+    override = yaml.safe_load(TASKS[task].override_path("mini").read_text())
+    assert set(changed) <= {k for k, _ in _leaves(override)}, "nothing changes but what mini.yaml names"
+    assert all(mini[k] == v for k, v in _leaves(override)), "every value of mini.yaml is applied"
+    assert "#" in TASKS[task].override_path("mini").read_text(), "each override states why"
+
+
+@pytest.mark.parametrize("task", ["sid", "asv", "pr", "asr"])
+def test_a_task_without_a_mini_scale_says_so(task):
+    with pytest.raises(task_registry.TaskConfigError, match=rf"{task} has no 'mini' scale: .*mini\.yaml is missing"):
+        task_registry.load_task_config(task, "mini")
+
+
+def test_an_unknown_scale_lists_the_scales():
+    with pytest.raises(task_registry.TaskConfigError, match=r"unknown scale 'tiny'; use one of 'full' .*'mini' .*'ci'"):
+        task_registry.load_task_config("ks", "tiny")
+    assert TASKS["ks"].override_path("full") is None
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))

@@ -48,6 +48,11 @@ RESULT_LINE = {"asr": "test-clean wer:", "asv": "sv-voxceleb1/test-EER:"}  # pri
 OUTPUT_STEM = "superb_results"
 
 
+#: the score column of rows that ran on a generated corpus: the leaderboard formula applied to them ranks them
+#: against each other only
+OFFLINE_LABEL = "mini-SUPERB score (synthetic, not comparable to the leaderboard)"
+CORPUS_MANIFEST = "corpus_manifest.json"  # what make-corpus writes last at a corpus root (corpus.MANIFEST_NAME)
+
 class CollectError(ValueError):
     """Bad input to collect; the message says what is wrong."""
 
@@ -250,6 +255,13 @@ class ModelRow:
     path: str = ""
     leaderboard_score: Optional[float] = None
     source: str = ""
+    scale: str = "full"  # the runner's task scale (manifest); mini/ci rows do not follow the SUPERB protocol
+    synthetic: bool = False  # some task's data root is a `make-corpus` corpus
+
+    @property
+    def offline(self) -> bool:
+        """Not comparable to published SUPERB numbers: a reduced scale or generated speech."""
+        return self.scale != "full" or self.synthetic
 
     def values(self) -> Dict[str, float]:
         return {t: r.percent for t, r in self.tasks.items() if r.status == "done" and r.percent is not None}
@@ -287,7 +299,12 @@ def collect_model(path: Union[str, Path], name: Optional[str] = None, params_m: 
                                                                   (manifest.get("ckpt"), manifest.get("subnet")) if p])
         else:
             name = root.name
-    return ModelRow(name, "ours", params_m, tasks, str(root))
+    scale, synthetic = "full", False
+    if isinstance(manifest, dict):
+        scale = str(manifest.get("scale") or "full")
+        roots = [d.get("root") for d in (manifest.get("data") or {}).values() if isinstance(d, dict)]
+        synthetic = any(r and (Path(r) / CORPUS_MANIFEST).is_file() for r in roots)
+    return ModelRow(name, "ours", params_m, tasks, str(root), scale=scale, synthetic=synthetic)
 
 
 def reference_row(ref: ReferenceModel) -> ModelRow:
@@ -311,6 +328,18 @@ class Table:
     def partial(self) -> bool:
         return set(self.score_tasks) != set(reference.ALL_TASKS)
 
+    @property
+    def offline(self) -> bool:
+        """Some of our rows ran a reduced scale or on generated speech: their score gets a column of its own."""
+        return any(r.offline for r in self.rows if r.kind == "ours")
+
+    def offline_header(self) -> str:
+        ours = [r for r in self.rows if r.kind == "ours" and r.offline]
+        if any(r.synthetic for r in ours):
+            return OFFLINE_LABEL
+        scales = ",".join(sorted({r.scale for r in ours}))
+        return f"{scales}-scale score (not comparable to the leaderboard)"
+
     def score_header(self) -> str:
         return "SUPERB score" if not self.partial else f"SUPERB score (partial, {len(self.score_tasks)} tasks)"
 
@@ -320,10 +349,16 @@ class Table:
         names = ", ".join(t.upper() for t in self.score_tasks)
         if not self.partial:
             return "SUPERB score over all 10 tasks (leaderboard formula)."
-        return (f"SUPERB score (partial): computed over {len(self.score_tasks)}/10 tasks ({names}) as "
+        note = (f"SUPERB score (partial): computed over {len(self.score_tasks)}/10 tasks ({names}) as "
                 "1000 × mean over tasks of (x − FBANK)/(SOTA − FBANK) — the leaderboard formula restricted to "
                 "these tasks, for every row alike. It is comparable within this table only; 'LB score' is the "
                 "published 10-task leaderboard score.")
+        if self.offline:
+            what = "generated speech at a reduced task scale" if self.offline_header() == OFFLINE_LABEL else \
+                "a reduced task scale"
+            note += (f" Our rows ran on {what}: the same formula gives their '{self.offline_header()}', which ranks "
+                     "them against each other, not against the published rows.")
+        return note
 
 
 def build_table(models: Sequence[ModelRow], references: Sequence[ReferenceModel]) -> Table:
@@ -351,14 +386,23 @@ def _fmt(value: Optional[float], digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _score_cells(table: Table, row: ModelRow, key: str) -> List[Optional[float]]:
+    """The row's score in the offline column (offline tables only) and in the SUPERB column."""
+    score = table.scores.get(key)
+    value = score.value if score else None
+    if not table.offline:
+        return [value]
+    return [value, None] if row.offline else [None, value]
+
+
 def to_markdown(table: Table) -> str:
-    header = ["Model", "Params (M)"] + [TASK_LABELS[t] for t in OUR_TASKS] + [table.score_header(), "LB score"]
+    score_headers = ([table.offline_header()] if table.offline else []) + [table.score_header()]
+    header = ["Model", "Params (M)"] + [TASK_LABELS[t] for t in OUR_TASKS] + score_headers + ["LB score"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row, key in zip(table.rows, _row_keys(table.rows)):
-        score = table.scores.get(key)
         name = f"**{row.name}**" if row.kind == "ours" else f"{row.name} (published)"
         cells = [name, _fmt(row.params_m)] + [row.tasks[t].display if t in row.tasks else "—" for t in OUR_TASKS]
-        cells += [_fmt(score.value if score else None, 1), _fmt(row.leaderboard_score, 0)]
+        cells += [_fmt(v, 1) for v in _score_cells(table, row, key)] + [_fmt(row.leaderboard_score, 0)]
         lines.append("| " + " | ".join(cells) + " |")
     notes = ["", f"*{table.score_note()}*", "",
              "Metrics in percent: PER, WER and EER lower is better; accuracies higher is better. ER is the mean "
@@ -385,14 +429,15 @@ def to_csv(table: Table) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["model", "kind", "params_m"] + list(OUR_TASKS) +
-                    ["superb_score", "score_tasks", "score_partial", "leaderboard_score", "path_or_source"])
+                    ["superb_score", "score_tasks", "score_partial", "leaderboard_score", "path_or_source"] +
+                    (["offline"] if table.offline else []))
     for row, key in zip(table.rows, _row_keys(table.rows)):
         score = table.scores.get(key)
         writer.writerow([row.name, row.kind, "" if row.params_m is None else f"{row.params_m:.4f}"] +
                         [row.tasks[t].display if t in row.tasks else "" for t in OUR_TASKS] +
                         ["" if score is None else f"{score.value:.2f}", ",".join(table.score_tasks),
                          str(table.partial).lower(), "" if row.leaderboard_score is None else row.leaderboard_score,
-                         row.path or row.source])
+                         row.path or row.source] + ([str(row.offline).lower()] if table.offline else []))
     return buf.getvalue()
 
 
@@ -404,12 +449,13 @@ def to_json(table: Table) -> dict:
             "name": row.name, "kind": row.kind, "params_m": row.params_m, "path": row.path or None,
             "source": row.source or None, "leaderboard_score": row.leaderboard_score,
             "superb_score": None if score is None else score.value,
+            "scale": row.scale, "synthetic": row.synthetic,
             "tasks": {t: {**{k: v for k, v in asdict(r).items() if k != "folds"}, "display": r.display,
                           "folds": {f: {**asdict(fr), "display": fr.display} for f, fr in r.folds.items()}}
                       for t, r in row.tasks.items()},
         })
     return {"generated": table.generated, "score_tasks": list(table.score_tasks), "score_partial": table.partial,
-            "score_note": table.score_note(), "units": "percent (MTWV for QbE)", "rows": rows}
+            "score_note": table.score_note(), "offline_score_label": table.offline_header() if table.offline else None, "units": "percent (MTWV for QbE)", "rows": rows}
 
 
 @dataclass(frozen=True)
@@ -440,10 +486,12 @@ PLOT_MIN_PARAMS_M = 0.1  # FBANK has 0 parameters, which a log axis cannot show
 
 
 def plot_spec(table: Table) -> PlotSpec:
-    """Parameters vs SUPERB score: the rows with both a score and a parameter count."""
+    """Parameters vs SUPERB score: the rows with both a score and a parameter count. A table of offline rows
+    plots only those, on their own axis: their score does not compare with the published points."""
     found = [(max(row.params_m, PLOT_MIN_PARAMS_M), table.scores[key].value, row)  # type: ignore[union-attr]
              for row, key in zip(table.rows, _row_keys(table.rows))
-             if table.scores.get(key) is not None and row.params_m is not None]
+             if table.scores.get(key) is not None and row.params_m is not None
+             and (not table.offline or row.offline)]
     labelled = {"ours": False, "reference": False}
     points = []
     # neighbours in size (e.g. DistilHuBERT and DPHuBERT) get labels above and below in turn
@@ -453,6 +501,11 @@ def plot_spec(table: Table) -> PlotSpec:
         labelled[row.kind] = True
         points.append(PlotPoint(row.name, x, y, ours, legend, (6, 6 if i % 2 == 0 else -12)))
     tasks = ",".join(t.upper() for t in table.score_tasks) or "none"
+    if table.offline:
+        label = table.offline_header()
+        return PlotSpec(tuple(points), f"{label.split(' (')[0]} over {tasks} vs parameters ({label.split(' (')[1]}",
+                        "parameters (M, log scale)", label.split(" (")[0], "log",
+                        None if points else "no row has both a score and a parameter count")
     return PlotSpec(tuple(points), f"SUPERB score over {tasks} vs parameters", "parameters (M, log scale)",
                     "SUPERB score" + (" (partial)" if table.partial else ""), "log",
                     None if points else "no row has both a score and a parameter count")

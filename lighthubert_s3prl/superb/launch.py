@@ -77,6 +77,12 @@ class Launcher:
         if self.opts.threads:
             for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
                 env[var] = str(self.opts.threads)
+        from lighthubert_s3prl.upstream.feature_cache import ENV_CACHE_MB, SMALL_SCALE_CACHE_MB
+
+        if self.opts.feature_cache_mb is not None:
+            env[ENV_CACHE_MB] = f"{self.opts.feature_cache_mb:g}"
+        elif self.opts.scale != "full":  # small corpora, many epochs: each utterance's features computed once
+            env.setdefault(ENV_CACHE_MB, str(SMALL_SCALE_CACHE_MB))
         return env
 
     def execute(self, cmd: List[str], log_path: Path) -> Tuple[int, str]:

@@ -45,6 +45,7 @@ class RunOptions:
     device: str = "cpu"
     seed: Optional[int] = None
     threads: Optional[int] = None
+    feature_cache_mb: Optional[float] = None  # None: feature_cache.SMALL_SCALE_CACHE_MB below the full scale
     dry_run: bool = False
     stream: bool = False
     fail_fast: bool = False

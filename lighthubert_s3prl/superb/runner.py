@@ -234,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="data root of one task (repeatable); wins over --data and --data-config")
     parser.add_argument("--data-config", metavar="YAML", help="YAML mapping task (or default) -> data root, or -> "
                         "{root: PATH, <data key>: PATH} for keys tasks.build_config takes")
-    parser.add_argument("--scale", choices=("full", "ci"), default="full",
-                        help="full: the SUPERB configs; ci: a few steps per task for smoke tests (default full)")
+    scales = tasks_module().SCALE_HELP
+    parser.add_argument("--scale", choices=tuple(scales), default="full",
+                        help="; ".join(f"{name}: {what}" for name, what in scales.items()) + " (default full)")
     parser.add_argument("--lr", action="append", default=[], metavar="LR|TASK=LR",
                         help="learning rate for every task, or per task (sid=5e-3,ks=1e-4); repeatable")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="[TASK:]KEY=VALUE",
@@ -252,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when --gpus > 0, else cpu")
     parser.add_argument("--seed", type=int, help="s3prl --seed (s3prl's default 1337)")
     parser.add_argument("--threads", type=int, help="OMP/MKL threads per s3prl process")
+    parser.add_argument("--feature-cache-mb", type=float, metavar="MB",
+                        help="keep a frozen LightHuBERT upstream's features of each utterance seen, up to MB per "
+                             "s3prl process, instead of computing them every epoch (CPU only; exact). Default: "
+                             "2048 at the mini and ci scales, off at full; 0 turns it off")
     parser.add_argument("--s3prl-args", default="", metavar="'ARGS'",
                         help="extra s3prl flags for training, e.g. '-s hidden_states -l 6' or "
                              "'--upstream_feature_normalize' (evaluation takes them from the checkpoint)")
@@ -281,6 +286,8 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         raise RunnerError(f"-u {args.upstream} needs a checkpoint: pass -k CKPT")
     if args.upstream == "lighthubert_subnet" and not args.subnet:
         raise RunnerError("-u lighthubert_subnet needs the subnet: pass -g subnet.yaml")
+    if args.feature_cache_mb is not None and not args.feature_cache_mb >= 0:
+        raise RunnerError(f"--feature-cache-mb {args.feature_cache_mb:g}: give a size in MB, or 0 to turn the cache off")
     gpus = args.gpus
     if gpus is not None and gpus < 0:
         raise RunnerError("--gpus must be 0 or more")
@@ -303,7 +310,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         data=resolve_data(tasks, args.data, args.task_data, args.data_config), scale=args.scale,
         lr=parse_lr(args.lr, tasks), sets=sets, er_folds=er_folds, gpus=gpus, device=device,
         allow_cleaned_asv_trials=args.asv_cleaned_trials, seed=args.seed, threads=args.threads,
-        dry_run=args.dry_run, stream=args.stream, fail_fast=args.fail_fast,
+        feature_cache_mb=args.feature_cache_mb, dry_run=args.dry_run, stream=args.stream, fail_fast=args.fail_fast,
         test_during_training=args.test_during_training, extra_args=parse_s3prl_args(args.s3prl_args))
 
 

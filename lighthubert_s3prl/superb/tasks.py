@@ -34,7 +34,11 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "downstream_configs"
-SCALES = ("full", "ci")
+#: full: the SUPERB protocol; mini: the offline instrument (a few minutes per task on 2 CPU cores, sized on the
+#: ``mini`` corpus so that fbank, a distilled and a random model come out apart); ci: a smoke test (seconds).
+SCALES = ("full", "mini", "ci")
+SCALE_HELP = {"full": "the SUPERB protocol", "mini": "a few minutes per task on a CPU, on a `make-corpus --preset mini` "
+              "corpus; ranks models", "ci": "a few steps per task; shows the pipeline runs, ranks nothing"}
 ER_FOLDS = tuple(f"fold{i}" for i in range(1, 6))
 # VoxCeleb1-O: the original list (s3prl's voxceleb1_test_v2.txt, the VoxCeleb site's veri_test.txt) and
 # the cleaned one (veri_test2.txt), told apart by their trial counts
@@ -89,9 +93,9 @@ class TaskSpec:
     def config_path(self) -> Path:
         return self.config_dir / "config.yaml"
 
-    @property
-    def ci_override_path(self) -> Path:
-        return self.config_dir / "ci.yaml"
+    def override_path(self, scale: str) -> Optional[Path]:
+        """The file whose keys replace the full config's at ``scale`` (None for ``full``)."""
+        return None if scale == "full" else self.config_dir / f"{scale}.yaml"
 
     def result_regex(self, split: Optional[str] = None) -> "re.Pattern[str]":
         line = re.escape(self.result_template.format(split=split or self.evaluate_splits[0]))
@@ -412,13 +416,18 @@ def _get_dotted(config: dict, dotted: str) -> Any:
 
 
 def load_task_config(task: str, scale: str = "full") -> dict:
-    """Our config for ``task`` as a dict (``scale='ci'`` applies the CI-size override), paths unset."""
+    """Our config for ``task`` as a dict, with the ``scale``'s override applied, paths unset."""
     spec = get_task(task)
     if scale not in SCALES:
-        raise TaskConfigError(f"unknown scale {scale!r}; use 'full' (SUPERB protocol) or 'ci' (minutes on a CPU)")
+        choices = "; ".join(f"{name!r} ({what})" for name, what in SCALE_HELP.items())
+        raise TaskConfigError(f"unknown scale {scale!r}; use one of {choices}")
     config = yaml.safe_load(spec.config_path.read_text(encoding="utf-8"))
-    if scale == "ci":
-        _merge(config, yaml.safe_load(spec.ci_override_path.read_text(encoding="utf-8")) or {})
+    override = spec.override_path(scale)
+    if override is not None:
+        if not override.is_file():
+            raise TaskConfigError(f"{task} has no {scale!r} scale: {override} is missing; run {task} at another "
+                                  f"scale or write that file (keys that replace {spec.config_path.name}'s)")
+        _merge(config, yaml.safe_load(override.read_text(encoding="utf-8")) or {})
     return config
 
 

@@ -108,8 +108,10 @@ class LightHuBERTTeacher(Teacher):
 
 
 def _s3prl_hub() -> Any:
+    from ..upstream import lazy_hub
     from ..upstream.run_downstream import prepare_runtime, register
 
+    lazy_hub.install_unless_disabled()  # the teacher's upstream only, not every one s3prl ships
     import s3prl.hub as hub
 
     prepare_runtime()

@@ -20,6 +20,7 @@ from ..model.checkpoint import build_supernet, load_checkpoint
 from ..model.compact import CompactLightHuBERT, build_compact
 from ..model.config import ConfigError, count_parameters, resolve_subnet
 from ..model.supernet import PADDING_MODES
+from .feature_cache import FeatureCache, cache_mb_from_env, waveform_key
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ SAMPLE_RATE = 16000
 IMPLEMENTATIONS = ("compact", "supernet")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-_OPTION_KEYS = ("subnet", "implementation", "padding_mode", "dtype")
+_OPTION_KEYS = ("subnet", "implementation", "padding_mode", "dtype", "feature_cache_mb")
 
 
 @dataclass
@@ -38,12 +39,16 @@ class UpstreamOptions:
     ``budget:SPACE:PARAMS``, a subnet file, or an inline dict. ``implementation``: ``compact`` (dense,
     fast; the default) or ``supernet`` (slices at every forward). ``padding_mode``: ``exact`` (each
     utterance as if alone) or ``reference`` (bit-for-bit the original batching behaviour).
+    ``feature_cache_mb``: keep the hidden states of utterances already seen, up to this many MB, and reuse them
+    while the upstream is frozen (eval mode, no gradients; ``exact`` padding on the CPU); None reads
+    ``LIGHTHUBERT_S3PRL_FEATURE_CACHE_MB``, 0 turns it off.
     """
 
     subnet: Any = None
     implementation: str = "compact"
     padding_mode: str = "exact"
     dtype: str = "float32"
+    feature_cache_mb: Optional[float] = None
 
     @classmethod
     def from_file(cls, path: Union[str, Path]) -> "UpstreamOptions":
@@ -81,6 +86,9 @@ class UpstreamOptions:
             raise ConfigError(f"padding_mode={self.padding_mode!r}; allowed values: {list(PADDING_MODES)}")
         if str(self.dtype) not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r}; allowed values: {sorted(DTYPES)}")
+        if self.feature_cache_mb is not None and not (isinstance(self.feature_cache_mb, (int, float))
+                                                      and self.feature_cache_mb >= 0):
+            raise ConfigError(f"feature_cache_mb={self.feature_cache_mb!r}; give a size in MB (0 turns the cache off)")
 
 
 def prepare_batch(wavs: List[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -103,12 +111,13 @@ class UpstreamExpert(nn.Module):
         implementation: Optional[str] = None,
         padding_mode: Optional[str] = None,
         dtype: Optional[str] = None,
+        feature_cache_mb: Optional[float] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         options = UpstreamOptions.from_file(model_config) if model_config else UpstreamOptions()
         for key, value in (("subnet", subnet), ("implementation", implementation), ("padding_mode", padding_mode),
-                           ("dtype", dtype)):
+                           ("dtype", dtype), ("feature_cache_mb", feature_cache_mb)):
             if value is not None:
                 setattr(options, key, value)
         options.validate()
@@ -137,6 +146,11 @@ class UpstreamExpert(nn.Module):
         if self.compute_dtype != torch.float32:
             self.model.to(self.compute_dtype)
         self.num_parameters = count_parameters(self.subnet, loaded.model_cfg)
+        try:
+            cache_mb = cache_mb_from_env() if options.feature_cache_mb is None else float(options.feature_cache_mb)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        self.feature_cache = FeatureCache(int(cache_mb * 2**20)) if cache_mb > 0 else None
         logger.info("LightHuBERT %s subnet (%s parameters): %s", options.implementation, f"{self.num_parameters:,}",
                     self.subnet.describe())
 
@@ -145,7 +159,11 @@ class UpstreamExpert(nn.Module):
 
     def forward(self, wavs: List[torch.Tensor]) -> Dict[str, Any]:
         on_cpu = len(wavs) > 0 and wavs[0].device.type == "cpu"
-        if isinstance(self.model, CompactLightHuBERT) and self.options.padding_mode == "exact" and on_cpu:
+        by_utterance = isinstance(self.model, CompactLightHuBERT) and self.options.padding_mode == "exact" and on_cpu
+        if by_utterance and self.feature_cache is not None and not self.training and not torch.is_grad_enabled():
+            hidden = self._forward_cached(wavs, self.feature_cache)
+            return {"hidden_states": hidden, "last_hidden_state": hidden[-1]}
+        if by_utterance:
             # "exact" means each utterance as if alone; on a CPU running them alone spends nothing on padding,
             # while a GPU is better used by one padded batch (equally exact)
             out = self.model.forward_utterances([F.layer_norm(w.float(), w.shape) for w in wavs])
@@ -157,3 +175,25 @@ class UpstreamExpert(nn.Module):
                 out.hidden_states = [h.masked_fill(out.padding_mask[..., None], 0.0) for h in out.hidden_states]
         hidden = [h.float() for h in out.hidden_states]
         return {"hidden_states": hidden, "last_hidden_state": hidden[-1]}
+
+    def _forward_cached(self, wavs: List[torch.Tensor], cache: FeatureCache) -> List[torch.Tensor]:
+        """``forward``'s hidden states, computing only the utterances the cache does not hold."""
+        keys = [waveform_key(w) for w in wavs]
+        states: List[Optional[List[torch.Tensor]]] = [cache.get(k) for k in keys]
+        missing = [i for i, s in enumerate(states) if s is None]
+        if missing:
+            out = self.model.forward_utterances([F.layer_norm(wavs[i].float(), wavs[i].shape) for i in missing])
+            T = out.hidden_states[0].shape[1]
+            frames = [T] * len(missing) if out.padding_mask is None else (~out.padding_mask).sum(1).tolist()
+            for j, i in enumerate(missing):
+                # cloned: a view would keep the whole batch buffer alive
+                states[i] = [h[j, :frames[j]].float().clone() for h in out.hidden_states]
+                cache.put(keys[i], states[i])  # type: ignore[arg-type]
+        T = max(s[0].shape[0] for s in states)  # type: ignore[index]
+        hidden = []
+        for layer in range(len(states[0])):  # type: ignore[arg-type]
+            batch = states[0][layer].new_zeros(len(wavs), T, states[0][layer].shape[-1])  # type: ignore[index]
+            for i, s in enumerate(states):
+                batch[i, :s[layer].shape[0]] = s[layer]  # type: ignore[index]
+            hidden.append(batch)
+        return hidden

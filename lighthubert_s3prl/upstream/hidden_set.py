@@ -86,7 +86,7 @@ INFERENCE_MODULES = (
     "__init__.py", "io_utils.py", "hardware.py",
     "model/__init__.py", "model/config.py", "model/modules.py", "model/fast_cnn.py", "model/supernet.py",
     "model/compact.py", "model/checkpoint.py",
-    "upstream/__init__.py", "upstream/expert.py",
+    "upstream/__init__.py", "upstream/expert.py", "upstream/feature_cache.py",
 )
 
 

@@ -16,6 +16,7 @@ import ast
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 import types
 from pathlib import Path
@@ -124,6 +125,15 @@ class LazyHub(types.ModuleType):
         if isinstance(options, types.FunctionType):
             self.__dict__["options"] = types.FunctionType(options.__code__, self.__dict__, "options",
                                                          options.__defaults__)
+
+
+#: set (to anything) to let s3prl import its whole hub as usual
+FULL_HUB_ENV = "LIGHTHUBERT_S3PRL_FULL_HUB"
+
+
+def install_unless_disabled() -> Optional[LazyHub]:
+    """:func:`install`, unless :data:`FULL_HUB_ENV` asks for s3prl's own hub."""
+    return None if os.environ.get(FULL_HUB_ENV) else install()
 
 
 def install() -> Optional[LazyHub]:

@@ -60,10 +60,9 @@ def _normalise_distributed_args(argv: List[str]) -> List[str]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not os.environ.get("LIGHTHUBERT_S3PRL_FULL_HUB"):
-        from . import lazy_hub
+    from . import lazy_hub
 
-        lazy_hub.install()  # before s3prl imports its hub: import only the upstream asked for
+    lazy_hub.install_unless_disabled()  # before s3prl imports its hub: import only the upstream asked for
     prepare_runtime()
     register()
     from s3prl import run_downstream

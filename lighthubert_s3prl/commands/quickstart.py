@@ -1,0 +1,263 @@
+"""``lighthubert-s3prl quickstart``: a mini-SUPERB that ranks three upstreams, offline, on 2 CPU cores.
+
+1. the ``mini`` corpus (``make_corpus``) in ``WORKDIR/corpus``: KS, IC, ER and the unlabelled
+   train-clean-100 audio the distillation reads;
+2. two tiny LightHuBERT checkpoints in the official format in ``WORKDIR/checkpoints``: one random, one
+   distilled from fbank by ``train stage1`` (``configs/train/stage1_mini.yaml``, about a minute);
+3. the ``mini`` task scale for three rows, random, distilled and s3prl's weight-free ``fbank_no_cmvn`` (the
+   known-good reference feature), through the batch runner, two s3prl processes at a time, in
+   ``WORKDIR/exp/<row>``;
+4. the results table (Markdown/CSV/JSON/PNG) in ``WORKDIR/results``, printed with one line on what the
+   ranking shows. The score is labelled mini-SUPERB: synthetic speech, not comparable to the leaderboard.
+
+Every step keeps its output, so running it again skips what is finished and resumes the rest.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+LOG = logging.getLogger("lighthubert_s3prl.commands.quickstart")
+
+DEFAULT_TASKS = "ks,ic,er"
+DISTIL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train" / "stage1_mini.yaml"
+RANDOM_CKPT = "tiny_random_seed{seed}.pt"
+DISTILLED_CKPT = "tiny_distilled_seed{seed}.pt"
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str  # folder under WORKDIR/exp
+    name: str  # in the table
+    upstream: str
+    ckpt_name: Optional[str]  # under WORKDIR/checkpoints
+
+
+ROWS: Tuple[Row, ...] = (
+    Row("distilled", "LightHuBERT tiny, distilled from fbank", "lighthubert_local", DISTILLED_CKPT),
+    Row("random", "LightHuBERT tiny, random init", "lighthubert_local", RANDOM_CKPT),
+    Row("fbank", "fbank_no_cmvn (no weights)", "fbank_no_cmvn", None),
+)
+
+
+def ensure_random_checkpoint(workdir: Path, seed: int) -> Path:
+    """A tiny random supernet in the released format (kept between runs; written atomically)."""
+    from lighthubert_s3prl.model.checkpoint import tiny_model_config, write_random_checkpoint
+
+    path = workdir / "checkpoints" / RANDOM_CKPT.format(seed=seed)
+    if path.is_file():
+        LOG.info("random checkpoint: %s exists, reusing", path)
+        return path
+    LOG.info("random checkpoint: writing a tiny seeded LightHuBERT supernet to %s", path)
+    return write_random_checkpoint(path, "small", seed=seed, model_cfg=tiny_model_config())
+
+
+def ensure_distilled_checkpoint(workdir: Path, corpus_dir: Path, seed: int, steps: Optional[int] = None) -> Path:
+    """The tiny student distilled from fbank on the corpus's train-clean-100 audio (resumes; kept once done)."""
+    from lighthubert_s3prl.io_utils import atomic_write
+    from lighthubert_s3prl.training.config import load_config
+    from lighthubert_s3prl.training.trainer import train
+
+    path = workdir / "checkpoints" / DISTILLED_CKPT.format(seed=seed)
+    if path.is_file():
+        LOG.info("distilled checkpoint: %s exists, reusing", path)
+        return path
+    overrides = [f"data.train={corpus_dir / 'LibriSpeech' / 'train-clean-100'}",
+                 f"train.output_dir={workdir / 'distil'}", f"train.seed={seed}", "train.tensorboard=false"]
+    if steps is not None:
+        overrides.append(f"train.steps={steps}")
+    cfg = load_config(DISTIL_CONFIG, overrides, "stage1")
+    LOG.info("distilled checkpoint: %d steps of train stage1 (fbank teacher) in %s", cfg.train.steps, workdir / "distil")
+    result = train(cfg)
+    if result.interrupted or result.model_path is None:
+        raise RuntimeError(f"the distillation stopped at step {result.step}; run the quickstart again to resume it")
+    data = Path(result.model_path).read_bytes()
+    atomic_write(path, lambda f: f.write(data))
+    return path
+
+
+def run_rows(jobs: Sequence[Tuple[Row, str]], make_runner, workers: int) -> Dict[Tuple[str, str], list]:
+    """Run ``(row, task)`` jobs on ``workers`` threads, never two of one row at once (they share a root)."""
+    pending = list(jobs)
+    busy: set = set()
+    outcomes: Dict[Tuple[str, str], list] = {}
+    lock = threading.Condition()
+    errors: List[BaseException] = []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                while pending and all(row.key in busy for row, _ in pending) and not errors:
+                    lock.wait()
+                if not pending or errors:
+                    return
+                index = next(i for i, (row, _) in enumerate(pending) if row.key not in busy)
+                row, task = pending.pop(index)
+                busy.add(row.key)
+            try:
+                result = make_runner(row, task).run()
+            except BaseException as err:  # noqa: BLE001 - handed to the main thread
+                with lock:
+                    errors.append(err)
+                    lock.notify_all()
+                return
+            with lock:
+                outcomes[(row.key, task)] = result
+                busy.discard(row.key)
+                lock.notify_all()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, workers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return outcomes
+
+
+def ranking_line(table) -> str:
+    """One line on what the table shows: the rows by mini-SUPERB score, and where distilled beats random."""
+    from lighthubert_s3prl.superb.collect import _row_keys  # the table's own row keys
+
+    ours = [(r, k) for r, k in zip(table.rows, _row_keys(table.rows)) if r.kind == "ours"]
+    scored = [(table.scores[k].value, r.name) for r, k in ours if table.scores.get(k) is not None]
+    if not scored:
+        return "ranking: no task finished for every row, so there is no score to rank by (see the table)"
+    order = " > ".join(f"{name} ({value:.0f})" for value, name in sorted(scored, reverse=True))
+    line = f"ranking by mini-SUPERB score over {','.join(t.upper() for t in table.score_tasks)}: {order}"
+    named = {r.name: r for r, _ in ours}
+    distilled, random = named.get(ROWS[0].name), named.get(ROWS[1].name)
+    if distilled is not None and random is not None:
+        from lighthubert_s3prl.superb.reference import HIGHER_IS_BETTER
+
+        d, r = distilled.values(), random.values()
+        tasks = [t for t in table.score_tasks if t in d and t in r]
+        ahead = [t for t in tasks if d[t] != r[t] and (d[t] > r[t]) == HIGHER_IS_BETTER[t]]
+        line += f"; distilled beats random on {len(ahead)}/{len(tasks)} tasks"
+    return line
+
+
+def run_quickstart(workdir: Path, tasks: str = DEFAULT_TASKS, preset: str = "mini", seed: int = 0,
+                   steps: Optional[int] = None, threads: Optional[int] = 1, er_folds: Optional[str] = "1",
+                   corpus: Optional[Path] = None, jobs: int = 2, rows: Optional[str] = None,
+                   distil_steps: Optional[int] = None, scale: str = "mini") -> Dict[str, object]:
+    """Run every step; returns the paths and outcomes (raises RunnerError/CorpusError on bad input)."""
+    from lighthubert_s3prl.superb import collect as collect_mod
+    from lighthubert_s3prl.superb.corpus import make_corpus
+    from lighthubert_s3prl.superb.options import RunnerError, RunOptions, parse_folds, parse_task_list
+    from lighthubert_s3prl.superb.report import format_summary
+    from lighthubert_s3prl.superb.runner import SuperbRunner
+
+    started = time.monotonic()
+    workdir = workdir.expanduser().resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    task_list = parse_task_list(tasks)
+    chosen = [r for r in ROWS if rows is None or r.key in rows.split(",")]
+    unknown = set((rows or "").split(",")) - {r.key for r in ROWS} - {""}
+    if unknown or not chosen:
+        raise RunnerError(f"--rows {rows!r}: choose from {','.join(r.key for r in ROWS)}")
+
+    corpus_dir = (corpus or workdir / "corpus").expanduser().resolve()
+    needs_audio = any(r.key == "distilled" for r in chosen)
+    LOG.info("step 1/4: corpus (%s preset, seed %d) in %s", preset, seed, corpus_dir)
+    make_corpus(corpus_dir, preset=preset, seed=seed, tasks=task_list + (["asr"] if needs_audio else []))
+
+    LOG.info("step 2/4: checkpoints")
+    ckpts: Dict[str, Optional[Path]] = {"fbank": None}
+    if any(r.key == "random" for r in chosen):
+        ckpts["random"] = ensure_random_checkpoint(workdir, seed)
+    if needs_audio:
+        ckpts["distilled"] = ensure_distilled_checkpoint(workdir, corpus_dir, seed, distil_steps)
+
+    LOG.info("step 3/4: %s scale of %s for %s, %d at a time", scale, ",".join(task_list),
+             ", ".join(r.key for r in chosen), jobs)
+    sets: Dict[str, Dict[str, object]] = {t: {} for t in task_list}
+    if steps is not None:
+        if steps < 1:
+            raise RunnerError("--steps must be at least 1")
+        for t in task_list:  # one evaluation and one checkpoint at the end of the shortened run
+            sets[t].update({"runner.total_steps": steps, "runner.eval_step": steps, "runner.save_step": steps,
+                            "runner.log_step": steps})
+    folds = parse_folds(er_folds) if "er" in task_list else []
+
+    def make_runner(row: Row, task: str) -> SuperbRunner:
+        ckpt = ckpts[row.key]
+        return SuperbRunner(RunOptions(
+            upstream=row.upstream, tasks=[task], ckpt=None if ckpt is None else str(ckpt),
+            exp_root=workdir / "exp" / row.key, data={task: {"root": str(corpus_dir)}}, scale=scale,
+            sets={task: sets[task]}, er_folds=folds, threads=threads, seed=1 + seed))
+
+    outcomes_by_job = run_rows([(r, t) for t in task_list for r in chosen], make_runner, jobs)
+    outcomes = [o for r in chosen for t in task_list for o in outcomes_by_job[(r.key, t)]]
+    print()
+    print(format_summary(outcomes, workdir / "exp"))
+
+    LOG.info("step 4/4: results table")
+    # fbank has no weights: 0 parameters puts it on the plot (s3prl reports no count for it)
+    table = collect_mod.collect([workdir / "exp" / r.key for r in chosen], names=[r.name for r in chosen],
+                                params=[0.0 if r.ckpt_name is None else None for r in chosen])
+    paths = collect_mod.write_outputs(table, workdir / "results")
+    print()
+    print(collect_mod.to_markdown(table))
+    print(ranking_line(table))
+    failed = [o for o in outcomes if o.status in ("failed", "busy")]
+    print(f"quickstart finished in {time.monotonic() - started:.0f} s" +
+          (f" with {len(failed)} failed unit(s)" if failed else ""))
+    print(f"  corpus      {corpus_dir}")
+    for key, ckpt in ckpts.items():
+        if ckpt is not None:
+            print(f"  checkpoint  {ckpt} ({key})")
+    print(f"  runs        {workdir / 'exp'}/<row>  (logs in <row>/logs, summary <row>/summary.txt)")
+    for kind, path in paths.items():
+        print(f"  {kind:11s} {path}")
+    return {"outcomes": outcomes, "paths": paths, "ckpts": ckpts, "corpus": corpus_dir,
+            "exp_root": workdir / "exp", "table": table}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lighthubert-s3prl quickstart",
+        description="Offline mini-SUPERB that ranks three upstreams: a tiny LightHuBERT at random init, the same "
+                    "model distilled from fbank on the corpus audio, and fbank_no_cmvn, each through s3prl's "
+                    "recipes at the mini task scale on a generated corpus. Re-running skips finished steps.")
+    parser.add_argument("workdir", nargs="?", default="quickstart", help="working folder (default ./quickstart)")
+    parser.add_argument("--tasks", default=DEFAULT_TASKS,
+                        help=f"tasks to run (default {DEFAULT_TASKS}; all = asr,asv,ks,ic,er,pr,sid)")
+    parser.add_argument("--rows", help="a subset of distilled,random,fbank (default all three)")
+    parser.add_argument("--er-folds", default="1",
+                        help="ER folds to run (default 1, to keep the run short; 1,2,3,4,5 for SUPERB's five)")
+    parser.add_argument("--preset", default="mini", help="corpus size preset (default mini)")
+    parser.add_argument("--scale", default="mini", choices=("mini", "ci"),
+                        help="task scale (default mini; ci is a smoke test that ranks nothing)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the corpus, the checkpoints and (plus one) the downstream runs (default 0)")
+    parser.add_argument("--steps", type=int, help="training steps per task (default: the scale's)")
+    parser.add_argument("--distil-steps", type=int, help="distillation steps (default: configs/train/stage1_mini.yaml)")
+    parser.add_argument("--jobs", type=int, default=2, help="s3prl processes at a time (default 2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per s3prl process (default 1: faster than more on a busy 2-core machine)")
+    parser.add_argument("--corpus", type=Path, help="use an existing corpus folder instead of WORKDIR/corpus")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    from lighthubert_s3prl.superb.corpus import CorpusError
+    from lighthubert_s3prl.superb.options import RunnerError
+
+    try:
+        result = run_quickstart(Path(args.workdir), args.tasks, args.preset, args.seed, args.steps,
+                                args.threads or None, args.er_folds, args.corpus, args.jobs, args.rows,
+                                args.distil_steps, args.scale)
+    except (RunnerError, CorpusError) as err:
+        print(f"lighthubert-s3prl quickstart: error: {err}", file=sys.stderr)
+        return 2
+    return 1 if any(o.status in ("failed", "busy") for o in result["outcomes"]) else 0  # type: ignore[union-attr]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
