@@ -26,21 +26,9 @@ from lighthubert_s3prl.superb import collect, reference, units
 from lighthubert_s3prl.superb.collect import CollectError, ModelRow, PlotPoint, PlotSpec, Table, TaskResult
 from lighthubert_s3prl.superb.reference import ALL_TASKS, OUR_TASKS, Score
 
-from .test_collect_package import ER_VALUES, VALUES, fake_unit
+from .test_collect_package import full_root  # noqa: F401 (a fixture)
 
 
-@pytest.fixture
-def full_root(tmp_path: Path) -> Path:
-    """The experiment root of test_collect_package (all seven tasks finished), from its own helpers."""
-    root = tmp_path / "exp"
-    root.mkdir()
-    units.write_json(root / units.MANIFEST_NAME, {"upstream": "lighthubert_local", "ckpt": "/x/tiny.pt",
-                                                    "subnet": None, "scale": "full", "tasks": list(units.TASK_ORDER)})
-    for task, value in VALUES.items():
-        fake_unit(root, task, value)
-    for fold, value in ER_VALUES.items():
-        fake_unit(root, "er", value, fold)
-    return root
 
 
 GENERATED = "2026-01-02T03:04:05+00:00"
