@@ -317,3 +317,16 @@ def test_lexicon_from_cmudict(tmp_path):
         "9 word(s) are not in CMUdict, e.g. QQZXA, QQZXB, QQZXC, QQZXD, QQZXE, QQZXF, QQZXG, QQZXH; a CMUdict "
         "lexicon only covers the synthetic corpus's words: for LibriSpeech use SUPERB's g2p lexicons (lexicon=[...])")
     assert not (tmp_path / "other.txt").exists()
+
+
+def test_declared_requirements_reads_distribution_names_as_pip_writes_them(tmp_path):
+    (tmp_path / "requirements.txt").write_bytes(
+        b"PyYAML>=6.0  # config files\n"
+        b"\n"
+        b"# a comment line, with a byte that is not UTF-8: \xe9\n"
+        b"-r base.txt\n"
+        b"--extra-index-url https://example.org/simple\n"
+        b"Sound_File==0.12.1\n"
+        b"torch # a # b\n")
+    assert package.declared_requirements(tmp_path) == ["pyyaml", "sound-file", "torch"]
+    assert package.declared_requirements(tmp_path / "elsewhere") == []
