@@ -36,13 +36,13 @@ class Row:
     key: str  # folder under WORKDIR/exp
     name: str  # in the table
     upstream: str
-    ckpt_name: Optional[str]  # under WORKDIR/checkpoints
+    params_m: Optional[float]  # for the table; None: the count the upstream logs
 
 
 ROWS: Tuple[Row, ...] = (
-    Row("distilled", "LightHuBERT tiny, distilled from fbank", "lighthubert_local", DISTILLED_CKPT),
-    Row("random", "LightHuBERT tiny, random init", "lighthubert_local", RANDOM_CKPT),
-    Row("fbank", "fbank_no_cmvn (no weights)", "fbank_no_cmvn", None),
+    Row("distilled", "LightHuBERT tiny, distilled from fbank", "lighthubert_local", None),
+    Row("random", "LightHuBERT tiny, random init", "lighthubert_local", None),
+    Row("fbank", "fbank_no_cmvn (no weights)", "fbank_no_cmvn", 0.0),  # s3prl logs no count for it
 )
 
 
@@ -124,10 +124,8 @@ def run_rows(jobs: Sequence[Tuple[Row, str]], make_runner, workers: int) -> Dict
 
 def ranking_line(table) -> str:
     """One line on what the table shows: the rows by mini-SUPERB score, and where distilled beats random."""
-    from lighthubert_s3prl.superb.collect import _row_keys  # the table's own row keys
-
-    ours = [(r, k) for r, k in zip(table.rows, _row_keys(table.rows)) if r.kind == "ours"]
-    scored = [(table.scores[k].value, r.name) for r, k in ours if table.scores.get(k) is not None]
+    ours = [(r, score) for r, score in table.row_scores() if r.kind == "ours"]
+    scored = [(score, r.name) for r, score in ours if score is not None]
     if not scored:
         return "ranking: no task finished for every row, so there is no score to rank by (see the table)"
     order = " > ".join(f"{name} ({value:.0f})" for value, name in sorted(scored, reverse=True))
@@ -200,9 +198,8 @@ def run_quickstart(workdir: Path, tasks: str = DEFAULT_TASKS, preset: str = "min
     print(format_summary(outcomes, workdir / "exp"))
 
     LOG.info("step 4/4: results table")
-    # fbank has no weights: 0 parameters puts it on the plot (s3prl reports no count for it)
     table = collect_mod.collect([workdir / "exp" / r.key for r in chosen], names=[r.name for r in chosen],
-                                params=[0.0 if r.ckpt_name is None else None for r in chosen])
+                                params=[r.params_m for r in chosen])
     paths = collect_mod.write_outputs(table, workdir / "results")
     print()
     print(collect_mod.to_markdown(table))

@@ -53,6 +53,7 @@ OUTPUT_STEM = "superb_results"
 OFFLINE_LABEL = "mini-SUPERB score (synthetic, not comparable to the leaderboard)"
 CORPUS_MANIFEST = "corpus_manifest.json"  # what make-corpus writes last at a corpus root (corpus.MANIFEST_NAME)
 
+
 class CollectError(ValueError):
     """Bad input to collect; the message says what is wrong."""
 
@@ -340,6 +341,11 @@ class Table:
         scales = ",".join(sorted({r.scale for r in ours}))
         return f"{scales}-scale score (not comparable to the leaderboard)"
 
+    def row_scores(self) -> List[Tuple[ModelRow, Optional[float]]]:
+        """Each row with its score over the table's score tasks (None: not computed for it)."""
+        return [(row, None if self.scores.get(key) is None else self.scores[key].value)  # type: ignore[union-attr]
+                for row, key in zip(self.rows, _row_keys(self.rows))]
+
     def score_header(self) -> str:
         return "SUPERB score" if not self.partial else f"SUPERB score (partial, {len(self.score_tasks)} tasks)"
 
@@ -354,9 +360,9 @@ class Table:
                 "these tasks, for every row alike. It is comparable within this table only; 'LB score' is the "
                 "published 10-task leaderboard score.")
         if self.offline:
-            what = "generated speech at a reduced task scale" if self.offline_header() == OFFLINE_LABEL else \
-                "a reduced task scale"
-            note += (f" Our rows ran on {what}: the same formula gives their '{self.offline_header()}', which ranks "
+            header = self.offline_header()
+            what = "generated speech at a reduced task scale" if header == OFFLINE_LABEL else "a reduced task scale"
+            note += (f" Our rows ran on {what}: the same formula gives their '{header}', which ranks "
                      "them against each other, not against the published rows.")
         return note
 
@@ -386,10 +392,8 @@ def _fmt(value: Optional[float], digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _score_cells(table: Table, row: ModelRow, key: str) -> List[Optional[float]]:
+def _score_cells(table: Table, row: ModelRow, value: Optional[float]) -> List[Optional[float]]:
     """The row's score in the offline column (offline tables only) and in the SUPERB column."""
-    score = table.scores.get(key)
-    value = score.value if score else None
     if not table.offline:
         return [value]
     return [value, None] if row.offline else [None, value]
@@ -399,10 +403,10 @@ def to_markdown(table: Table) -> str:
     score_headers = ([table.offline_header()] if table.offline else []) + [table.score_header()]
     header = ["Model", "Params (M)"] + [TASK_LABELS[t] for t in OUR_TASKS] + score_headers + ["LB score"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row, key in zip(table.rows, _row_keys(table.rows)):
+    for row, score in table.row_scores():
         name = f"**{row.name}**" if row.kind == "ours" else f"{row.name} (published)"
         cells = [name, _fmt(row.params_m)] + [row.tasks[t].display if t in row.tasks else "—" for t in OUR_TASKS]
-        cells += [_fmt(v, 1) for v in _score_cells(table, row, key)] + [_fmt(row.leaderboard_score, 0)]
+        cells += [_fmt(v, 1) for v in _score_cells(table, row, score)] + [_fmt(row.leaderboard_score, 0)]
         lines.append("| " + " | ".join(cells) + " |")
     notes = ["", f"*{table.score_note()}*", "",
              "Metrics in percent: PER, WER and EER lower is better; accuracies higher is better. ER is the mean "
@@ -431,11 +435,10 @@ def to_csv(table: Table) -> str:
     writer.writerow(["model", "kind", "params_m"] + list(OUR_TASKS) +
                     ["superb_score", "score_tasks", "score_partial", "leaderboard_score", "path_or_source"] +
                     (["offline"] if table.offline else []))
-    for row, key in zip(table.rows, _row_keys(table.rows)):
-        score = table.scores.get(key)
+    for row, score in table.row_scores():
         writer.writerow([row.name, row.kind, "" if row.params_m is None else f"{row.params_m:.4f}"] +
                         [row.tasks[t].display if t in row.tasks else "" for t in OUR_TASKS] +
-                        ["" if score is None else f"{score.value:.2f}", ",".join(table.score_tasks),
+                        ["" if score is None else f"{score:.2f}", ",".join(table.score_tasks),
                          str(table.partial).lower(), "" if row.leaderboard_score is None else row.leaderboard_score,
                          row.path or row.source] + ([str(row.offline).lower()] if table.offline else []))
     return buf.getvalue()
@@ -443,19 +446,19 @@ def to_csv(table: Table) -> str:
 
 def to_json(table: Table) -> dict:
     rows = []
-    for row, key in zip(table.rows, _row_keys(table.rows)):
-        score = table.scores.get(key)
+    for row, score in table.row_scores():
         rows.append({
             "name": row.name, "kind": row.kind, "params_m": row.params_m, "path": row.path or None,
             "source": row.source or None, "leaderboard_score": row.leaderboard_score,
-            "superb_score": None if score is None else score.value,
+            "superb_score": score,
             "scale": row.scale, "synthetic": row.synthetic,
             "tasks": {t: {**{k: v for k, v in asdict(r).items() if k != "folds"}, "display": r.display,
                           "folds": {f: {**asdict(fr), "display": fr.display} for f, fr in r.folds.items()}}
                       for t, r in row.tasks.items()},
         })
     return {"generated": table.generated, "score_tasks": list(table.score_tasks), "score_partial": table.partial,
-            "score_note": table.score_note(), "offline_score_label": table.offline_header() if table.offline else None, "units": "percent (MTWV for QbE)", "rows": rows}
+            "score_note": table.score_note(), "offline_score_label": table.offline_header() if table.offline else None,
+            "units": "percent (MTWV for QbE)", "rows": rows}
 
 
 @dataclass(frozen=True)
@@ -488,10 +491,8 @@ PLOT_MIN_PARAMS_M = 0.1  # FBANK has 0 parameters, which a log axis cannot show
 def plot_spec(table: Table) -> PlotSpec:
     """Parameters vs SUPERB score: the rows with both a score and a parameter count. A table of offline rows
     plots only those, on their own axis: their score does not compare with the published points."""
-    found = [(max(row.params_m, PLOT_MIN_PARAMS_M), table.scores[key].value, row)  # type: ignore[union-attr]
-             for row, key in zip(table.rows, _row_keys(table.rows))
-             if table.scores.get(key) is not None and row.params_m is not None
-             and (not table.offline or row.offline)]
+    found = [(max(row.params_m, PLOT_MIN_PARAMS_M), score, row) for row, score in table.row_scores()
+             if score is not None and row.params_m is not None and (not table.offline or row.offline)]
     labelled = {"ours": False, "reference": False}
     points = []
     # neighbours in size (e.g. DistilHuBERT and DPHuBERT) get labels above and below in turn
@@ -502,9 +503,9 @@ def plot_spec(table: Table) -> PlotSpec:
         points.append(PlotPoint(row.name, x, y, ours, legend, (6, 6 if i % 2 == 0 else -12)))
     tasks = ",".join(t.upper() for t in table.score_tasks) or "none"
     if table.offline:
-        label = table.offline_header()
-        return PlotSpec(tuple(points), f"{label.split(' (')[0]} over {tasks} vs parameters ({label.split(' (')[1]}",
-                        "parameters (M, log scale)", label.split(" (")[0], "log",
+        score_name, _, qualifier = table.offline_header().partition(" (")
+        return PlotSpec(tuple(points), f"{score_name} over {tasks} vs parameters ({qualifier}",
+                        "parameters (M, log scale)", score_name, "log",
                         None if points else "no row has both a score and a parameter count")
     return PlotSpec(tuple(points), f"SUPERB score over {tasks} vs parameters", "parameters (M, log scale)",
                     "SUPERB score" + (" (partial)" if table.partial else ""), "log",

@@ -34,11 +34,11 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "downstream_configs"
-#: full: the SUPERB protocol; mini: the offline instrument (a few minutes per task on 2 CPU cores, sized on the
-#: ``mini`` corpus so that fbank, a distilled and a random model come out apart); ci: a smoke test (seconds).
-SCALES = ("full", "mini", "ci")
+#: the task scales: ``full`` runs config.yaml, the others merge ``<scale>.yaml`` over it (mini: sized on the
+#: ``mini`` corpus so that fbank, a distilled and a random model come out apart)
 SCALE_HELP = {"full": "the SUPERB protocol", "mini": "a few minutes per task on a CPU, on a `make-corpus --preset mini` "
               "corpus; ranks models", "ci": "a few steps per task; shows the pipeline runs, ranks nothing"}
+SCALES = tuple(SCALE_HELP)
 ER_FOLDS = tuple(f"fold{i}" for i in range(1, 6))
 # VoxCeleb1-O: the original list (s3prl's voxceleb1_test_v2.txt, the VoxCeleb site's veri_test.txt) and
 # the cleaned one (veri_test2.txt), told apart by their trial counts
