@@ -14,7 +14,7 @@ import re
 import sys
 import types
 from pathlib import Path
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, List, Optional, Set
 
 import pytest
 import torch
@@ -43,7 +43,7 @@ TINY_CNN = [(64, 10, 5)] + [(64, 3, 2)] * 4 + [(64, 2, 2)] * 2
 SPACE = resolve_space(TINY_SPACE)
 # held-out audio: two generated utterances of 0.5 s, one batch (no cropping: crop_seconds is the length)
 DATA = ["--data", "synthetic", "--batches", "1", "-o", "data.batch_size=2", "-o", "data.crop_seconds=0.5",
-        "-o", "data.synthetic.seconds=0.5"]
+        "-o", "data.synthetic.seconds=0.5", "-o", "data.synthetic.valid_utterances=2"]
 
 
 def tiny_parameters(s: SubnetConfig) -> int:
@@ -79,16 +79,24 @@ def normalised(wav: torch.Tensor) -> torch.Tensor:
 
 
 def held_out_wavs() -> List[torch.Tensor]:
-    """The first batch of ``--data synthetic``: held-out utterances 0 and 1 (generator seed shifted by 7919)."""
+    """The held-out set of ``--data synthetic`` with two held-out utterances, 0 and 1 (generator seed shifted by
+    7919); both are in the one batch, whatever order the speaker-balanced draw puts them in."""
     return [synthetic_utterance(i, 0.5, seed=7919) for i in (0, 1)]
 
 
 def teacher_proxy_loss(ckpt: Path, teacher: Path, subnet: SubnetConfig) -> float:
     """Mean |prediction - target| over every frame: the supernet's head at ``subnet`` against the mean of the
-    teacher's last 8 FFN outputs, both run on per-utterance normalised audio."""
+    teacher's last 8 FFN outputs, each normalised per channel over the utterance (the default target, data2vec's),
+    both run on per-utterance normalised audio."""
     x = torch.stack([normalised(w) for w in held_out_wavs()])
+
+    def instance_norm(h: torch.Tensor) -> torch.Tensor:  # (B, T, C), no padding here
+        mean = h.mean(1, keepdim=True)
+        return (h - mean) / torch.sqrt(((h - mean) ** 2).mean(1, keepdim=True) + 1e-5)
+
     with torch.no_grad():
-        target = torch.stack(build_supernet(load_checkpoint(teacher)).eval()(x).layer_results[-8:]).mean(0)
+        layers = build_supernet(load_checkpoint(teacher)).eval()(x).layer_results[-8:]
+        target = torch.stack([instance_norm(h) for h in layers]).mean(0)
         pred = build_supernet(load_checkpoint(ckpt)).eval()(x, subnet=subnet, predict=True).predictions[11]
     return float((pred - target).abs().mean())
 
@@ -335,7 +343,8 @@ def test_parser_defaults():
     assert vars(parser.parse_args(["--ckpt", "m.pt", "--out", "s.yaml"])) == {
         "ckpt": "m.pt", "config": None, "teacher": None, "data": None, "space": None, "max_params": None,
         "max_macs": None, "seconds": 1.0, "algorithm": "evolutionary", "population": 16, "generations": 6,
-        "mutation_prob": 0.3, "batches": None, "seed": 0, "device": "cpu", "override": [], "out": "s.yaml"}
+        "mutation_prob": 0.3, "utterances": 256, "batches": None, "masked": False, "seed": 0, "device": "cpu",
+        "override": [], "out": "s.yaml"}
     args = parser.parse_args(["--ckpt", "m.pt", "--out", "s.yaml", "--max-params", "30e6", "--max-macs", "2e9",
                               "--population", "4", "--batches", "2", "--mutation-prob", "0.1", "--algorithm",
                               "random", "-o", "a=1", "--override", "b=2"])
@@ -371,16 +380,16 @@ def pattern_teacher(monkeypatch) -> None:
 
 def _proxy_config(teacher: str = "pattern_a"):
     return load_config({"data": {"train": "synthetic"}, "teacher": {"name": teacher},
-                        "target": {"layers": [1, 3]}, "loss": {"type": "l1_cos", "cos_weight": 0.5},
-                        "student": {"init": "unused.pt"}}, [], "stage2")
+                        "target": {"layers": [1, 3], "per_layer_norm": "none"},
+                        "loss": {"type": "l1_cos", "cos_weight": 0.5}, "student": {"init": "unused.pt"}}, [], "stage2")
 
 
 def pattern_proxy_loss(model: LightHuBERTSupernet, batch: Batch, subnet: SubnetConfig,
-                       instance_norm: bool = False) -> float:
+                       instance_norm: bool = False, mask: Optional[torch.Tensor] = None) -> float:
     """L1 - 0.5 log sigmoid(cos) over each utterance's valid frames: the last layer's head (layer 11) on
     per-utterance normalised audio against the mean of pattern_a's FFN outputs 1 and 3, cut to the
     student's frames (with ``instance_norm``, each layer normalised per channel over the utterance's own
-    frames first)."""
+    frames first; with ``mask``, those frames of the input masked and only they scored)."""
     lengths = batch.lengths.tolist()
     x = torch.zeros_like(batch.wav)
     for i, n in enumerate(lengths):
@@ -388,7 +397,7 @@ def pattern_proxy_loss(model: LightHuBERTSupernet, batch: Batch, subnet: SubnetC
     padding = batch.padding_mask if len(set(lengths)) > 1 else None
     frames = conv_frames(batch.wav.size(1), TINY_CNN)[-1]
     with torch.no_grad():
-        pred = model(x, padding, subnet=subnet, predict=True).predictions[11]
+        pred = model(x, padding, subnet=subnet, predict=True, mask_indices=mask).predictions[11]
     teacher_frames = batch.wav.size(1) // 320
     student_lengths = [conv_frames(n, TINY_CNN)[-1] for n in lengths]
     layers = [pattern(0, "layer_results", i, len(lengths), teacher_frames, 16)[:, :frames] for i in (1, 3)]
@@ -399,6 +408,8 @@ def pattern_proxy_loss(model: LightHuBERTSupernet, batch: Batch, subnet: SubnetC
                 x[i, :n] = (own - own.mean(0)) / torch.sqrt(own.var(0, unbiased=False) + 1e-5)
     target = (layers[0] + layers[1]) / 2
     valid = torch.arange(frames)[None, :] < torch.tensor(student_lengths)[:, None]
+    if mask is not None:
+        valid = valid & mask
     p, t = pred[valid], target[valid]
     return float((p - t).abs().mean() - 0.5 * F.logsigmoid(F.cosine_similarity(p, t, dim=-1)).mean())
 
@@ -421,6 +432,30 @@ def test_proxy_is_the_mean_distillation_loss_over_batches(pattern_teacher):
     singles = [search.ProxyEvaluator(LightHuBERTSupernet(PATTERN_MODEL).reset_parameters(3), _proxy_config(), [b],
                                      torch.device("cpu"))(subnets[0]) for b in (padded, even)]
     assert scores[0] == pytest.approx(sum(singles) / 2, rel=1e-6)
+
+
+def test_masked_proxy_scores_the_masked_frames_of_masked_input(pattern_teacher):
+    """--masked: the input frames of a fixed span mask (mask settings of the config, seeded per batch) replaced
+    by the mask embedding, and only those frames scored; the same masks for every subnet."""
+    from lighthubert_s3prl.training.masking import sample_span_mask, step_generator
+
+    batches = [collate([synthetic_utterance(0, 0.5), synthetic_utterance(1, 0.4)]),
+               collate([synthetic_utterance(2, 0.45), synthetic_utterance(3, 0.45)])]
+    cfg = _proxy_config()
+    proxy = search.ProxyEvaluator(LightHuBERTSupernet(PATTERN_MODEL).reset_parameters(3), cfg, batches,
+                                  torch.device("cpu"), masked=True, seed=4)
+    reference = LightHuBERTSupernet(PATTERN_MODEL).reset_parameters(3).eval()
+    losses = []
+    for i, b in enumerate(batches):
+        lengths = torch.tensor([conv_frames(n, TINY_CNN)[-1] for n in b.lengths.tolist()])
+        frames = conv_frames(b.wav.size(1), TINY_CNN)[-1]
+        mask = sample_span_mask(lengths, frames, 0.65, 10, 2, step_generator(4, i))
+        assert 0 < int(mask.sum()) < int(lengths.sum())
+        losses.append(pattern_proxy_loss(reference, b, SPACE.default, mask=mask))
+    assert proxy(SPACE.default) == pytest.approx(sum(losses) / 2, rel=1e-5)
+    unmasked = search.ProxyEvaluator(LightHuBERTSupernet(PATTERN_MODEL).reset_parameters(3), cfg, batches,
+                                     torch.device("cpu"))
+    assert unmasked(SPACE.default) != pytest.approx(proxy(SPACE.default), rel=1e-3)
 
 
 def test_proxy_normalises_targets_over_each_utterances_own_frames(pattern_teacher):
@@ -487,8 +522,9 @@ class Recorder:
             return build_dataset(spec, data_cfg, key, seed, valid)
 
         class Proxy:
-            def __init__(self, supernet, cfg, batches, device) -> None:
+            def __init__(self, supernet, cfg, batches, device, masked=False, seed=0) -> None:
                 recorder.batches = list(batches)
+                recorder.masked, recorder.proxy_seed = masked, seed
 
             def __call__(self, s: SubnetConfig) -> float:
                 return float(s.embed_dim + sum(s.ffn_embed) / 1e4)
@@ -512,20 +548,23 @@ def _wiring_run(tmp_path: Path, stage2_ckpt: Path, *extra: str) -> None:
 
 def test_main_scores_on_the_held_out_set(monkeypatch, tmp_path, stage2_ckpt):
     """The proxy's audio is data.valid built as held-out audio (valid=True: the generator seed shifted) with the
-    training seed, in order: utterances 0..3 of the held-out generator for two batches."""
+    training seed: two batches of four different utterances of the held-out generator, drawn by --seed (not the
+    first ones in order), and the masking choice and seed handed on."""
     rec = Recorder(monkeypatch)
-    _wiring_run(tmp_path, stage2_ckpt, "--batches", "2", "-o", "train.seed=5")
+    _wiring_run(tmp_path, stage2_ckpt, "--batches", "2", "-o", "train.seed=5", "--masked", "--seed", "3")
     assert rec.datasets == [{"spec": "synthetic", "key": "data.valid", "seed": 5, "valid": True}]
     assert [b.wav.shape for b in rec.batches] == [(2, 8000)] * 2
-    expected = torch.stack([synthetic_utterance(i, 0.5, seed=7919) for i in range(4)])
-    torch.testing.assert_close(torch.cat([b.wav for b in rec.batches]), expected, rtol=0, atol=0)
+    held_out = [synthetic_utterance(i, 0.5, seed=7919) for i in range(6)]
+    picked = [next(i for i, h in enumerate(held_out) if torch.equal(w, h)) for b in rec.batches for w in b.wav]
+    assert len(set(picked)) == 4 and picked != [0, 1, 2, 3], picked
+    assert (rec.masked, rec.proxy_seed) == (True, 3)
 
 
 @pytest.mark.parametrize("extra,count", [
     (["--batches", "2"], 2),
-    (["--batches", "1", "-o", "data.valid_batches=3"], 1),  # the flag wins over the config
-    (["-o", "data.valid_batches=2"], 2),  # without the flag: data.valid_batches
-    ([], 3),  # the default (8) is more than there is: every held-out batch
+    (["--batches", "1", "-o", "data.valid_batches=3"], 1),  # the proxy's own setting, not the trainer's
+    (["--utterances", "3"], 2),  # utterances, in whole batches of data.batch_size
+    ([], 3),  # the default (256 utterances) is more than there is: every held-out utterance
 ])
 def test_held_out_batch_count(monkeypatch, tmp_path, stage2_ckpt, extra, count):
     rec = Recorder(monkeypatch)

@@ -119,18 +119,27 @@ def _leaves(node, prefix=""):
         yield prefix[:-1], node
 
 
-# what the mini scale may change: steps, evaluation points, batch, learning rate, in-process loading
-MINI_MAY_CHANGE = re.compile(r"^(runner\.(total_steps|log_step|eval_step|save_step|gradient_accumulate_steps)|"
-                             r"optimizer\.lr|downstream_expert\.datarc\.(num_workers|batch_size|train_batch_size|"
-                             r"eval_batch_size))$")
+# what the mini scale may change: steps, evaluation and saving points, batch, learning rate, training crops,
+# in-process loading
+MINI_MAY_CHANGE = re.compile(r"^(runner\.(total_steps|log_step|eval_step|save_step|max_keep|"
+                             r"gradient_accumulate_steps)|optimizer\.lr|downstream_expert\.(datarc|corpus)\."
+                             r"(num_workers|batch_size|train_batch_size|eval_batch_size|max_timestep))$")
 
 
-@pytest.mark.parametrize("task", ["ks", "ic", "er"])
+# the one departure from SUPERB's model, stated in asr/mini.yaml and docs/superb.md: a 256-wide BiLSTM, because
+# SUPERB's 1,024-wide one takes 10-25 s per update on 2 CPU cores
+MINI_MODEL_EXCEPTIONS = {"asr": {"downstream_expert.modelrc.project_dim": 256,
+                                 "downstream_expert.modelrc.RNNs.dim": [256, 256]}}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
 def test_the_mini_scale_keeps_superbs_model_and_changes_only_what_it_may(task):
     full = dict(_leaves(task_registry.load_task_config(task)))
     mini = dict(_leaves(task_registry.load_task_config(task, "mini")))
     assert set(mini) == set(full), "the mini scale adds or drops no key"
-    changed = sorted(k for k in full if mini[k] != full[k])
+    exceptions = MINI_MODEL_EXCEPTIONS.get(task, {})
+    assert all(mini[k] == v for k, v in exceptions.items())
+    changed = sorted(k for k in full if mini[k] != full[k] and k not in exceptions)
     assert changed and all(MINI_MAY_CHANGE.match(k) for k in changed), changed
     override = yaml.safe_load(TASKS[task].override_path("mini").read_text())
     assert set(changed) <= {k for k, _ in _leaves(override)}, "nothing changes but what mini.yaml names"
@@ -138,10 +147,14 @@ def test_the_mini_scale_keeps_superbs_model_and_changes_only_what_it_may(task):
     assert "#" in TASKS[task].override_path("mini").read_text(), "each override states why"
 
 
-@pytest.mark.parametrize("task", ["sid", "asv", "pr", "asr"])
-def test_a_task_without_a_mini_scale_says_so(task):
-    with pytest.raises(task_registry.TaskConfigError, match=rf"{task} has no 'mini' scale: .*mini\.yaml is missing"):
-        task_registry.load_task_config(task, "mini")
+def test_a_task_without_the_scales_file_says_so(tmp_path, monkeypatch):
+    for name in ("config.yaml", "ci.yaml"):
+        (tmp_path / "ks").mkdir(exist_ok=True)
+        (tmp_path / "ks" / name).write_bytes((TASKS["ks"].config_dir / name).read_bytes())
+    monkeypatch.setattr(task_registry, "_config_root", lambda: tmp_path)
+    assert task_registry.load_task_config("ks", "ci")["runner"]["total_steps"] < 1000
+    with pytest.raises(task_registry.TaskConfigError, match=r"ks has no 'mini' scale: .*mini\.yaml is missing"):
+        task_registry.load_task_config("ks", "mini")
 
 
 def test_an_unknown_scale_lists_the_scales():

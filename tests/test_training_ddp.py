@@ -1,5 +1,6 @@
 """2-process CPU DDP (gloo): a torchrun run writes one model and one resume state, and an update on two
-processes with different data equals one single-process update on their union."""
+processes with different data equals one single-process update on their union (in stage 2 with
+``sampling.per_rank``, on the union of what each process trained: its batches, each with its own subnet)."""
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ from lighthubert_s3prl.training.config import load_config
 from lighthubert_s3prl.training.data import Batch, collate
 from lighthubert_s3prl.training.trainer import Trainer
 
-from .test_training_fixtures import teacher_ckpt, tiny_config  # noqa: F401 (fixture)
+from .test_training_fixtures import TINY_SPACE, teacher_ckpt, tiny_config  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,15 +51,27 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _sync_config(out: Path, teacher: Path, batch_size: int, accumulate: int) -> Dict[str, Any]:
+def _sync_config(out: Path, teacher: Path, batch_size: int, accumulate: int, stage: str = "stage1") -> Dict[str, Any]:
     """One update whose gradient is a plain mean over utterances, so ranks' means average to the union's.
 
     Equal-length utterances (1.2 s cropped to 1.0 s), every frame counted and no input mask (masks depend on
     the rank), no dropout (its streams depend on the rank)."""
-    return tiny_config("stage1", out, teacher, data={"batch_size": batch_size, "synthetic": {"utterances": 8}},
-                       mask={"enabled": False}, loss={"frames": "all"},
-                       student={"model": {"preset": "tiny", "dropout": 0.0, "attention_dropout": 0.0}},
-                       train={"steps": 1, "accumulate": accumulate})
+    student: Dict[str, Any] = {"model": {"preset": "tiny", "dropout": 0.0, "attention_dropout": 0.0}}
+    extra: Dict[str, Any] = {}
+    if stage == "stage2":  # the supernet from a dropout-free tiny checkpoint; each process and micro-batch its own subnet
+        from dataclasses import replace
+
+        from lighthubert_s3prl.model.checkpoint import tiny_model_config, write_random_checkpoint
+
+        init = out.parent / "stage1_no_dropout.pt"
+        if not init.is_file():
+            write_random_checkpoint(init, "stage1", seed=3, model_cfg=replace(tiny_model_config(), dropout=0.0,
+                                                                              attention_dropout=0.0))
+        student = {"init": str(init)}
+        extra = {"space": TINY_SPACE, "sampling": {"per_rank": True}}
+    return tiny_config(stage, out, teacher, data={"batch_size": batch_size, "synthetic": {"utterances": 8}},
+                       mask={"enabled": False}, loss={"frames": "all"}, student=student,
+                       train={"steps": 1, "accumulate": accumulate}, **extra)
 
 
 def _rank_update(rank: int, world: int, port: int, cfg: Dict[str, Any], out: str) -> None:
@@ -67,7 +80,7 @@ def _rank_update(rank: int, world: int, port: int, cfg: Dict[str, Any], out: str
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     trainer = Trainer(load_config(cfg))
-    read = []
+    read, subnets = [], []
     batches = trainer._batches
 
     def recorded() -> Iterator[Batch]:
@@ -76,10 +89,14 @@ def _rank_update(rank: int, world: int, port: int, cfg: Dict[str, Any], out: str
             yield batch
 
     trainer._batches = recorded
+    if hasattr(trainer.task, "subnets_for_step"):
+        draw = trainer.task.subnets_for_step
+        trainer.task.subnets_for_step = lambda step, micro=0: subnets.extend(draw(step, micro)) or subnets[-1:]
     try:
         trainer.fit()
         params = {k: v.detach().clone() for k, v in trainer.task.module.state_dict().items()}
-        torch.save({"params": params, "wavs": read}, Path(out) / f"rank{rank}.pt")
+        torch.save({"params": params, "wavs": read, "subnets": [s.to_dict() for s in subnets]},
+                   Path(out) / f"rank{rank}.pt")
     finally:
         trainer.close()
 
@@ -109,3 +126,28 @@ def test_ddp_update_equals_one_process_on_the_union_batch(tmp_path, teacher_ckpt
     assert moved > 1e-4  # the update did something (AdamW's first step moves each weight by about lr)
     worst = max(float((want[k] - a[k]).abs().max()) for k in want)
     assert worst < 1e-2 * moved, f"DDP update differs from the union update by {worst} (an update moves {moved})"
+
+
+def test_per_rank_sampling_averages_each_process_subnet(tmp_path, teacher_ckpt, one_thread):
+    """Stage 2, sampling.per_rank: 2 processes x 2 micro-batches draw 4 subnets, not all alike; the update equals
+    one process accumulating those 4 micro-batches, each through the subnet its process drew."""
+    from lighthubert_s3prl.model.config import SubnetConfig
+
+    single = Trainer(load_config(_sync_config(tmp_path / "single", teacher_ckpt, 2, 4, stage="stage2")))
+    start = {k: v.detach().clone() for k, v in single.task.module.state_dict().items()}
+    cfg = _sync_config(tmp_path / "ddp", teacher_ckpt, batch_size=2, accumulate=2, stage="stage2")
+    mp.start_processes(_rank_update, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    drawn = [SubnetConfig.from_dict(s) for rank in ranks for s in rank["subnets"]]
+    assert len(drawn) == 4 and len({str(s.to_dict()) for s in drawn}) == 4, "processes or micro-batches shared a draw"
+    a, b = ranks[0]["params"], ranks[1]["params"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "the processes' parameters differ: gradients were not synchronised"
+
+    queue = iter(drawn)
+    single.task.subnets_for_step = lambda step, micro=0: [next(queue)]
+    single._train_step(iter([collate(list(w)) for rank in ranks for w in rank["wavs"]]))
+    want = single.task.module.state_dict()
+    moved = max(float((want[k] - start[k]).abs().max()) for k in want)
+    worst = max(float((want[k] - a[k]).abs().max()) for k in want)
+    assert moved > 1e-4 and worst < 1e-2 * moved, f"per-rank update differs from the union update by {worst} ({moved})"

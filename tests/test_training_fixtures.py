@@ -30,7 +30,9 @@ def tiny_config(stage: str, out: Path, teacher_path: Path, **sections: Any) -> D
         "data": {"train": "synthetic", "crop_seconds": 1.0, "batch_size": 4,
                  "synthetic": {"utterances": 16, "valid_utterances": 4, "seconds": 1.2}},
         "teacher": {"ckpt": str(teacher_path)},
-        "target": {"source": "layer_results", "layers": "last:8"},
+        # raw FFN outputs: a random teacher's per-channel offsets give a loss that falls fast, which is what the
+        # mechanics tests look for (the default, data2vec's instance norm, is pinned in test_training_targets)
+        "target": {"source": "layer_results", "layers": "last:8", "per_layer_norm": "none"},
         "student": {"model": "tiny"},
         "optim": {"lr": 2.0e-3, "warmup_steps": 2},
         "train": {"steps": 30, "device": "cpu", "output_dir": str(out), "progress": False,
@@ -124,3 +126,23 @@ def pattern_teachers(monkeypatch) -> Callable[[TeacherConfig, torch.device], Tea
 
     monkeypatch.setattr(distill, "build_teacher", build)
     return build
+
+
+def write_tiny_hubert(path: Path, layers: int = 3, seed: int = 0) -> Path:
+    """A tiny HuBERT in s3prl's converted layout (what hubert_local reads), built by s3prl's own model code."""
+    from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
+    from s3prl.upstream.utils import merge_with_parent
+
+    task = {"label_rate": 50.0, "sample_rate": 16000, "normalize": False}
+    model = {"label_rate": 50.0, "encoder_layers": layers, "encoder_embed_dim": 64, "encoder_ffn_embed_dim": 128,
+             "encoder_attention_heads": 1, "final_dim": 32, "conv_pos": 16, "conv_pos_groups": 4,
+             "conv_feature_layers": "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"}
+    torch.manual_seed(seed)
+    hubert = HubertModel(merge_with_parent(HubertConfig, model), merge_with_parent(HubertPretrainingConfig, task),
+                         [list(range(5))])
+    with torch.no_grad():  # fairseq leaves biases and norms at 0 / 1: make every copied tensor tell
+        for p in hubert.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.save({"task_cfg": task, "model_cfg": model, "model_weight": hubert.state_dict(),
+                "dictionaries_symbols": [list(range(5))]}, path)
+    return path

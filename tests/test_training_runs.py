@@ -110,6 +110,30 @@ def test_ekd_loss_falls_and_loads_as_distiller(tmp_path, teacher_ckpt, teacher_b
     assert [h.shape[-1] for h in out["pred_heads"]] == [head_dim] * 3
     assert torch.equal(out["paper"], out["hidden_states"][-1])
     assert len(lighthubert_local(str(result.model_path))(_wavs())["hidden_states"]) == 3
+    _refused_by_stock_s3prl(result.model_path)
+
+
+def _refused_by_stock_s3prl(path: Path) -> None:
+    """s3prl's own LightHuBERT upstream would run any student_hubert file as the 768-wide 12-layer model: a
+    student it cannot run as trained is written as our ekd_student kind, which it refuses."""
+    from s3prl.upstream.lighthubert.expert import UpstreamExpert as S3prlExpert
+
+    assert load_checkpoint(path).kind == "ekd_student"
+    with pytest.raises(AssertionError):
+        S3prlExpert(str(path))
+
+
+def test_only_the_standard_largest_model_is_written_for_stock_s3prl():
+    from lighthubert_s3prl.model.checkpoint import stock_s3prl_runs_as_trained, tiny_model_config
+    from lighthubert_s3prl.model.config import ModelConfig
+
+    standard, small = ModelConfig(), SEARCH_SPACES["small"].default
+    assert stock_s3prl_runs_as_trained(standard, SubnetConfig.uniform(768, 12, 3072, 12))
+    assert not stock_s3prl_runs_as_trained(standard, small)  # would run as 768 wide
+    assert not stock_s3prl_runs_as_trained(standard, SubnetConfig.uniform(768, 12, 3072, 11))
+    two_layers = ModelConfig(encoder_layers=2, layer_pred_num="0,0")
+    assert not stock_s3prl_runs_as_trained(two_layers, SubnetConfig.uniform(768, 12, 3072, 2))
+    assert not stock_s3prl_runs_as_trained(tiny_model_config(), SubnetConfig.uniform(128, 2, 512, 12))
 
 
 def test_ekd_separate_heads_with_s3prl_teachers_and_subnet_student(tmp_path, stage1_run, teacher_ckpt):
@@ -127,6 +151,7 @@ def test_ekd_separate_heads_with_s3prl_teachers_and_subnet_student(tmp_path, sta
     upstream = lighthubert_local(str(result.model_path))
     assert upstream.subnet == SubnetConfig.from_dict(subnet)
     assert len(upstream(_wavs())["hidden_states"]) == 11
+    _refused_by_stock_s3prl(result.model_path)
 
 
 # ---------------------------------------------------------------------------------------------------

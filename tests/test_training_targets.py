@@ -141,6 +141,19 @@ def test_stage_target_is_the_mean_of_the_chosen_layers(tmp_path, teacher_ckpt, s
         assert torch.allclose(loss, expected, rtol=1e-4), (float(loss), float(expected))
 
 
+@pytest.mark.parametrize("source,per_layer", [("layer_results", "instance"), ("hidden_states", "none")])
+def test_the_default_target_follows_data2vec_for_ffn_outputs(tmp_path, teacher_ckpt, source, per_layer):
+    """Unset, per_layer_norm is data2vec's instance norm for FFN outputs (the target LightHuBERT's authors
+    follow), and nothing for hidden states; the config written with a run says which was used."""
+    task = _task("stage1", tmp_path, teacher_ckpt, teacher={"name": "pattern_a", "ckpt": None},
+                 target={"source": source, "layers": "last:3", "per_layer_norm": None})  # null: as if absent
+    assert task.cfg.target.per_layer_norm == per_layer
+    valid = _valid_frames()
+    last3 = range(1, 4) if source == "layer_results" else range(2, 5)
+    parts = [_norm(_teacher_layer("pattern_a", source, k, valid.size(1)), per_layer, valid) for k in last3]
+    _assert_close_on(valid, _plans(task)[0]["target"], sum(parts) / 3)
+
+
 # ---------------------------------------------------------------------------------------------------
 # EKD: one target per head, from pairs (teacher, layer)
 EKD_CASES = [
@@ -182,7 +195,7 @@ def test_ekd_head_targets_pair_the_teachers_layers(tmp_path, teacher_ckpt, aggre
     record = task.head_record()["heads"]
     assert [list(zip(h["teachers"], h["layers"])) for h in record] == heads
     # each head, on the student's last layer, is scored against its own target (DistilHuBERT's L1 - log sigmoid(cos),
-    # all valid frames), and the total is their mean
+    # all valid frames), and the total is their sum (DistilHuBERT's Eq. 1; loss.heads=mean averages them)
     with torch.no_grad():
         last = task.student(plan["wav"], plan["padding_mask"], subnet=task.subnet).hidden_states[-1]
         loss, stats = task.module(**plan)
@@ -193,7 +206,13 @@ def test_ekd_head_targets_pair_the_teachers_layers(tmp_path, teacher_ckpt, aggre
             l1 = (pred - want[valid]).abs().mean()
             per_head.append(l1 - F.logsigmoid(F.cosine_similarity(pred, want[valid], dim=-1)).mean())
             assert torch.allclose(stats[f"head{j}_l1"], l1, rtol=1e-4), (j, float(stats[f"head{j}_l1"]), float(l1))
-        assert torch.allclose(loss, sum(per_head) / len(per_head), rtol=1e-4)
+        assert torch.allclose(loss, sum(per_head), rtol=1e-4)
+    mean = _task("ekd", tmp_path, teacher_ckpt, teachers=[{"name": n, "layers": l} for n, l in teachers.items()],
+                 ekd={"aggregation": aggregation}, loss={"heads": "mean"},
+                 target={"source": source, "per_layer_norm": per_layer, "final_norm": final})
+    mean.module.load_state_dict(task.module.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(mean.module(**plan)[0], sum(per_head) / len(per_head), rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -35,6 +35,9 @@ def _minimal(**extra):
 def test_config_defaults_follow_the_paper():
     cfg = load_config(_minimal(), stage="stage1")
     assert (cfg.mask.prob, cfg.mask.length, cfg.loss.type) == (0.65, 10, "l1")
+    # no target section at all: data2vec's per-layer instance norm of the last 8 FFN outputs
+    bare = load_config({"data": {"train": "synthetic"}, "teacher": {"ckpt": "t.pt"}}, stage="stage1").target
+    assert (bare.source, bare.layers, bare.per_layer_norm, bare.final_norm) == ("layer_results", "last:8", "instance", "none")
     assert load_config({"data": {"train": "synthetic"}, "teacher": "fbank"}, stage="stage1").target.layers == "last:8"
     ekd = load_config({"data": {"train": "synthetic"}, "teachers": [{"name": "fbank", "layers": [0]}]}, stage="ekd")
     assert ekd.loss.type == "l1_cos" and not ekd.mask.enabled and ekd.loss.frames == "all"
@@ -205,6 +208,34 @@ def test_data_errors_name_the_fix(tmp_path):
         ResumableBatchSampler(10, 8, world=2)
 
 
+def test_held_out_batches_spread_over_the_speakers(tmp_path):
+    """Validation and search score a shuffled set that takes every speaker in turn, not the first files in
+    sorted order (one or two talkers of a LibriSpeech split)."""
+    from lighthubert_s3prl.training.config import DataConfig
+    from lighthubert_s3prl.training.data import build_dataset, fixed_batches, speaker_of
+
+    root = tmp_path / "dev-clean"
+    for spk in ("84", "174", "251", "422"):
+        for utt in range(5):
+            write_wav(root / spk / "7" / f"{spk}-7-{utt:04d}.wav", synthetic_utterance(int(spk) + utt, 0.2))
+    cfg = DataConfig(train=str(root), crop_seconds=1.0, min_seconds=0.1)
+    dataset = build_dataset(str(root), cfg, "data.valid", seed=0, valid=True)
+
+    def chosen(seed: int):
+        batches = fixed_batches(dataset, 2, 4, seed)
+        waves = [w[:n] for b in batches for w, n in zip(b.wav, b.lengths.tolist())]
+        return [next(i for i in range(len(dataset)) if torch.equal(dataset[i], w)) for w in waves]
+
+    picked = chosen(0)
+    speakers = [dataset.speaker(i) for i in picked]
+    assert len(picked) == 8 and len(set(picked)) == 8
+    assert sorted(speakers.count(s) for s in set(speakers)) == [2, 2, 2, 2]  # each speaker twice
+    assert picked != list(range(8)) and chosen(0) == picked and chosen(1) != picked
+    assert speaker_of(tmp_path / "wav" / "id10001" / "vid" / "00001.wav", tmp_path / "wav") == "id10001"
+    assert speaker_of(tmp_path / "x" / "1272-128104-0000.flac", None) == "1272"
+    assert speaker_of(tmp_path / "flat.wav", tmp_path) == str(tmp_path / "flat.wav")
+
+
 def test_batch_sampler_shards_and_resumes():
     ranks = [list(ResumableBatchSampler(20, 3, seed=1, rank=r, world=2)) for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == 3
@@ -248,23 +279,50 @@ def test_lighthubert_teacher_gives_ffn_outputs(teacher_ckpt):
     assert out.layer_results[0].shape == out.hidden_states[1].shape == (2, 49, 128)
 
 
-def test_s3prl_hubert_teacher_ffn_outputs_by_hooks(tmp_path):
-    """s3prl's own HuBERT code (hubert_local on a tiny converted checkpoint): FFN outputs caught by fc2 hooks."""
-    from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
-    from s3prl.upstream.utils import merge_with_parent
+def test_targets_keep_the_teachers_precision_under_the_students_autocast(tmp_path, teacher_ckpt):
+    """train.amp=bf16 runs the student in autocast; the targets must still be the fp32 teacher's."""
+    from lighthubert_s3prl.training.distill import build_task
 
+    from .test_training_fixtures import tiny_config
+
+    cfg = load_config(tiny_config("stage1", tmp_path, teacher_ckpt, train={"amp": "bf16"}))
+    task = build_task(cfg, torch.device("cpu"))
+    batch = collate([synthetic_utterance(0, 1.0), synthetic_utterance(1, 0.7)])
+    plain = task.plan(batch, step=0)[0]["target"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = task.plan(batch, step=0)[0]["target"]
+        rounded = task.teachers[0].run(batch).layer_results[-1]  # the model itself, not opting out
+    assert under.dtype == torch.float32 and torch.equal(under, plain)
+    exact = task.teachers[0](batch).layer_results[-1]
+    assert (rounded.float() - exact).abs().max() > 1e-3, "autocast changes this teacher, so the check has teeth"
+
+
+def test_a_teacher_runs_at_its_configured_dtype(teacher_ckpt):
     from lighthubert_s3prl.training.config import TeacherConfig
     from lighthubert_s3prl.training.teachers import build_teacher
 
-    task = {"label_rate": 50.0, "sample_rate": 16000, "normalize": False}
-    model = {"label_rate": 50.0, "encoder_layers": 3, "encoder_embed_dim": 64, "encoder_ffn_embed_dim": 128,
-             "encoder_attention_heads": 2, "final_dim": 32, "conv_pos": 16, "conv_pos_groups": 4,
-             "conv_feature_layers": "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"}
-    torch.manual_seed(0)
-    hubert = HubertModel(merge_with_parent(HubertConfig, model), merge_with_parent(HubertPretrainingConfig, task), [list(range(5))])
-    ckpt = tmp_path / "tiny_hubert.pt"
-    torch.save({"task_cfg": task, "model_cfg": model, "model_weight": hubert.state_dict(),
-                "dictionaries_symbols": [list(range(5))]}, ckpt)
+    batch = collate([synthetic_utterance(0, 1.0)])
+    fp32 = build_teacher(TeacherConfig(ckpt=str(teacher_ckpt)), torch.device("cpu"))(batch).layer_results[-1]
+    teacher = build_teacher(TeacherConfig(ckpt=str(teacher_ckpt), dtype="bfloat16"), torch.device("cpu"))
+    assert {p.dtype for p in teacher.parameters()} == {torch.bfloat16}
+    half = teacher(batch).layer_results[-1]
+    assert half.dtype == torch.float32, "targets are handed on in fp32 whatever the teacher computes in"
+    err = (half - fp32).abs().max() / fp32.abs().max()
+    assert 1e-4 < err < 0.1, err  # bf16 rounding: visible, yet the same features
+    with pytest.raises(ConfigError, match="dtype float16 needs a CUDA device"):
+        build_teacher(TeacherConfig(ckpt=str(teacher_ckpt), dtype="float16"), torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"teacher.dtype='fp8' is not allowed"):
+        TeacherConfig(ckpt="x", dtype="fp8").validate("teacher")
+
+
+def test_s3prl_hubert_teacher_ffn_outputs_by_hooks(tmp_path):
+    """s3prl's own HuBERT code (hubert_local on a tiny converted checkpoint): FFN outputs caught by fc2 hooks."""
+    from lighthubert_s3prl.training.config import TeacherConfig
+    from lighthubert_s3prl.training.teachers import build_teacher
+
+    from .test_training_fixtures import write_tiny_hubert
+
+    ckpt = write_tiny_hubert(tmp_path / "tiny_hubert.pt", layers=3)
     teacher = build_teacher(TeacherConfig(name="hubert_local", ckpt=str(ckpt)), torch.device("cpu"))
     assert (teacher.num_hidden_states, teacher.num_layer_results, teacher.downsample_rate) == (4, 3, 320)
     long, short = synthetic_utterance(0, 1.0), synthetic_utterance(1, 0.5)
@@ -324,6 +382,33 @@ def test_our_upstream_names_are_lighthubert_teachers(teacher_ckpt):
         build_teacher(TeacherConfig(name="lighthubert_local"), torch.device("cpu"))
     with pytest.raises(ConfigError, match="'subnet' applies to LightHuBERT teachers only"):
         build_teacher(TeacherConfig(name="fbank", subnet="small"), torch.device("cpu"))
+
+
+SOURCE_TAGS = ("[authors]", "[released]", "[data2vec]", "[HuBERT]", "[EKD]", "[DistilHuBERT]", "[GUESS]")
+NO_SOURCE_NEEDED = {"valid", "num_workers", "output_dir", "save_every", "eval_every", "stage"}  # not hyperparameters
+
+
+@pytest.mark.parametrize("name", ["stage1", "stage2_small", "stage2_base", "ekd_average", "ekd_concat", "ekd_separate"])
+def test_every_full_size_hyperparameter_names_its_source_or_is_a_guess(name):
+    """A full-size config says, value by value, where the value comes from; docs/training.md lists every guess."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    docs = (root / "docs" / "training.md").read_text()
+    guesses_doc = docs[docs.index("Values no source gives"):]
+    untagged, guesses = [], []
+    for line in (root / "configs" / "train" / f"{name}.yaml").read_text().splitlines():
+        match = re.match(r"^\s*(?:- )?(\w+): *([^#\s].*?)?\s*(#.*)?$", line)
+        if not match or line.lstrip().startswith("#") or not match.group(2) or match.group(1) in NO_SOURCE_NEEDED:
+            continue  # a section header, a comment, or a bookkeeping key
+        comment = match.group(3) or ""
+        if not any(tag in comment for tag in SOURCE_TAGS):
+            untagged.append(line.strip())
+        if "[GUESS]" in comment:
+            guesses.append(match.group(1))
+    assert not untagged, f"{name}.yaml: values without a source: {untagged}"
+    assert all(f"`{key}`" in guesses_doc for key in guesses), (name, guesses)
 
 
 def test_shipped_configs_parse():

@@ -34,7 +34,10 @@ from .supernet import LightHuBERTSupernet
 
 logger = logging.getLogger(__name__)
 
-SUPERNET_NAMES = ("hubert_pruner", "student_hubert")
+SUPERNET_NAMES = ("hubert_pruner", "student_hubert", "ekd_student")
+# the kinds s3prl's own LightHuBERT upstream accepts; "ekd_student" is ours, for students that upstream would
+# run wrongly (it asserts the kind, so such a file is refused there rather than run as another model)
+STOCK_S3PRL_KINDS = ("hubert_pruner", "student_hubert")
 # keys present in the released files that no inference path uses
 IGNORED_KEYS = ("label_embs_concat", "final_proj.weight", "final_proj.bias")
 
@@ -257,6 +260,19 @@ def load_checkpoint(path: Union[str, Path]) -> LoadedCheckpoint:
             default = None
     extras = {k: v for k, v in data.items() if k not in ("cfg", "model")}
     return LoadedCheckpoint(path, name, model_cfg, dict(state_dict), dict(data["cfg"]), default, space, extras)
+
+
+def stock_s3prl_runs_as_trained(model_cfg: ModelConfig, subnet: SubnetConfig) -> bool:
+    """Whether s3prl's own LightHuBERT upstream would run this model as ``subnet`` when written as
+    ``student_hubert``: it builds the standard 768-wide, 12-layer supernet whatever the file says and runs its
+    largest subnet."""
+    standard = ModelConfig()
+    same_shape = all(getattr(model_cfg, f) == getattr(standard, f) for f in (
+        "extractor_mode", "conv_feature_layers", "conv_bias", "encoder_layers", "encoder_embed_dim",
+        "encoder_ffn_embed_dim", "encoder_attention_heads", "layer_norm_first", "conv_pos", "conv_pos_groups"))
+    largest = SubnetConfig.uniform(standard.encoder_embed_dim, standard.encoder_attention_heads,
+                                   standard.encoder_ffn_embed_dim, standard.encoder_layers)
+    return same_shape and subnet == largest
 
 
 def build_supernet(ckpt: LoadedCheckpoint) -> LightHuBERTSupernet:

@@ -111,7 +111,7 @@ PRESETS: Dict[str, Preset] = {
     # the gaps between upstreams; the KS test set is balanced over its 12 classes, as the real one is
     "mini": Preset(ks_speakers=(60, 10, 30), ks_unknown_words=8, ks_test_silence=30, ks_test_unknown_per_speaker=1,
                    ic_speakers=(16, 4, 8), ic_train_phrasings=2, er_utts_per_emotion=12,
-                   vox_speakers=(40, 10), vox_videos=5, vox_utts_per_video=2, asv_trials=600,
+                   vox_speakers=(40, 10), vox_videos=5, vox_utts_per_video=4, asv_trials=1000,
                    ls_speakers=(30, 6, 6), ls_utts_per_speaker=(15, 8, 8), ls_vocabulary=60),
 }
 # held out from tuning: the mini sizes with other talkers' prosody, stronger and coloured noise (use it with

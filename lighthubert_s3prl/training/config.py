@@ -66,6 +66,9 @@ class TeacherConfig:
     model_config: Optional[str] = None
     subnet: Any = None  # LightHuBERT teachers: which subnet runs (default: the checkpoint's own)
     layers: Any = None  # EKD: hidden-state indices this teacher contributes, e.g. [4, 8, 12]
+    # the teacher's own precision, whatever train.amp the student uses: targets are not rounded to bf16/fp16
+    # unless asked (a half-precision teacher saves memory and time on a GPU)
+    dtype: str = "float32"
 
     def validate(self, where: str) -> None:
         if not self.name and not self.ckpt:
@@ -73,6 +76,7 @@ class TeacherConfig:
                 f"{where} names no teacher: give 'name' (an s3prl upstream such as hubert_base) or 'ckpt' "
                 f"(a LightHuBERT checkpoint)"
             )
+        _choice(where, "dtype", self.dtype, TEACHER_DTYPES)
 
     @property
     def label(self) -> str:
@@ -85,8 +89,15 @@ class TargetConfig:
 
     source: str = "layer_results"  # FFN outputs before the residual (data2vec style) or hidden_states
     layers: Any = "last:8"  # "last:N", one index, or a list of indices into source
-    per_layer_norm: str = "none"  # none | instance (data2vec) | layer, applied to each layer before averaging
+    # none | instance | layer, applied to each layer before averaging. Unset: instance for layer_results
+    # (data2vec's instance_norm_target_layer, whose target LightHuBERT's authors say they follow), none for
+    # hidden_states (DistilHuBERT and EKD regress them as they are)
+    per_layer_norm: Optional[str] = None
     final_norm: str = "none"  # none | instance | layer, applied to the average
+
+    def __post_init__(self) -> None:  # also when the section is absent from the file
+        if self.per_layer_norm is None:
+            self.per_layer_norm = "instance" if self.source == "layer_results" else "none"
 
     def validate(self, where: str) -> None:
         _choice(where, "source", self.source, ("layer_results", "hidden_states"))
@@ -96,6 +107,7 @@ class TargetConfig:
 
 
 NORMS = ("none", "instance", "layer")
+TEACHER_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -116,10 +128,14 @@ class LossConfig:
     type: str = "l1"  # l1 | l2 | smooth_l1 | l1_cos (DistilHuBERT: L1 - cos_weight * log sigmoid(cos))
     cos_weight: float = 1.0
     frames: str = "masked"  # which frames count: masked | unmasked | all
+    # EKD heads: sum their losses (DistilHuBERT's paper, Eq. 1: a sum over the predicted layers) or mean them
+    # (s3prl's DistilHuBERT pre-training code, which averages over heads); the scale meets the gradient clip
+    heads: str = "sum"
 
     def validate(self, where: str) -> None:
         _choice(where, "type", self.type, LOSS_TYPES)
         _choice(where, "frames", self.frames, ("masked", "unmasked", "all"))
+        _choice(where, "heads", self.heads, ("sum", "mean"))
 
 
 LOSS_TYPES = ("l1", "l2", "smooth_l1", "l1_cos")
@@ -128,7 +144,9 @@ LOSS_TYPES = ("l1", "l2", "smooth_l1", "l1_cos")
 @dataclass
 class StudentConfig:
     type: str = "supernet"  # supernet | distiller (EKD only: a few-layer HuBERT-shaped model)
-    init: Optional[str] = None  # checkpoint to start from (stage 2: the stage-1 model.pt, required)
+    # checkpoint to start from (stage 2: the stage-1 model.pt, required). EKD also takes an s3prl HuBERT
+    # checkpoint file or teacher:N / teacher:LABEL (that HuBERT-family teacher's weights, DistilHuBERT style)
+    init: Optional[str] = None
     model: Any = None  # from scratch: "base", "tiny" or a mapping of ModelConfig fields
     subnet: Any = None  # EKD with a LightHuBERT student: the subnet trained (preset, file or dict)
     layers: int = 2  # distiller depth
@@ -144,6 +162,10 @@ class SamplingConfig:
 
     strategy: str = "uniform"  # uniform (as released: one random subnet) | sandwich (max + min + random)
     random_subnets: int = 1  # random subnets per step (sandwich adds max and min)
+    # False: every process and micro-batch of an update trains the same random subnet(s). True: each process
+    # and micro-batch draws its own (still fixed by seed, step, micro-batch and rank), as the released code's
+    # unseeded per-GPU draw does; an update then averages gradients over several subnets
+    per_rank: bool = False
 
     def validate(self, where: str) -> None:
         _choice(where, "strategy", self.strategy, ("uniform", "sandwich"))
@@ -239,6 +261,9 @@ class TrainingConfig:
                 "stage2 initialises the supernet from a stage-1 checkpoint: set student.init=PATH "
                 "(the model.pt a stage-1 run wrote)"
             )
+        if self.stage != "ekd" and str(self.student.init or "").startswith("teacher:"):
+            raise ConfigError(f"student.init={self.student.init} (a teacher's weights) is for stage 'ekd'; "
+                              f"{self.stage} starts from a LightHuBERT checkpoint file")
         if self.stage != "ekd" and self.student.type != "supernet":
             raise ConfigError(f"student.type={self.student.type!r} is only for stage 'ekd'; {self.stage} trains the supernet")
         if self.stage == "ekd":

@@ -7,9 +7,10 @@ number of DataLoader workers.
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -98,13 +99,45 @@ def list_audio_files(spec: Union[str, Path], extensions: Sequence[str], key: str
     return files
 
 
+def speaker_of(path: Path, root: Optional[Path]) -> str:
+    """Who speaks in a file, as the common corpus layouts say: the first folder under the data root
+    (LibriSpeech ``<speaker>/<chapter>/``, VoxCeleb ``<id>/<video>/``), else a LibriSpeech-style
+    ``<speaker>-<chapter>-<utterance>`` file name, else the file itself (no grouping)."""
+    if root is not None:
+        try:
+            parts = path.relative_to(root).parts
+        except ValueError:
+            parts = ()
+        if len(parts) >= 2:
+            return parts[0]
+    if path.stem.count("-") >= 2:
+        return path.stem.split("-")[0]
+    return str(path)
+
+
+def balanced_order(speakers: Sequence[str], seed: int) -> List[int]:
+    """Every index, shuffled and interleaved speaker by speaker: a prefix of any length holds as many
+    speakers as it can, each about equally often (a held-out set that is not one or two talkers)."""
+    rng = random.Random(seed)
+    groups: Dict[str, List[int]] = {}
+    for i, speaker in enumerate(speakers):
+        groups.setdefault(speaker, []).append(i)
+    names = sorted(groups)
+    rng.shuffle(names)
+    for name in names:
+        rng.shuffle(groups[name])
+    rounds = max((len(g) for g in groups.values()), default=0)
+    return [groups[n][r] for r in range(rounds) for n in names if r < len(groups[n])]
+
+
 class AudioCropDataset(Dataset):
     """Waveforms from files, each cropped to at most ``crop_seconds`` at an offset fixed by (seed, epoch, index)."""
 
     def __init__(self, files: Sequence[Path], crop_seconds: float, min_seconds: float = 0.0,
-                 sample_rate: int = 16000, seed: int = 0) -> None:
+                 sample_rate: int = 16000, seed: int = 0, root: Optional[Path] = None) -> None:
         import soundfile as sf
 
+        self.root = root
         self.sample_rate, self.seed, self.epoch = sample_rate, seed, 0
         self.crop = int(crop_seconds * sample_rate)
         self.items = []
@@ -124,6 +157,9 @@ class AudioCropDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def speaker(self, index: int) -> str:
+        return speaker_of(self.items[index][0], self.root)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         import soundfile as sf
@@ -157,6 +193,9 @@ class SyntheticDataset(Dataset):
     def __len__(self) -> int:
         return self.utterances
 
+    def speaker(self, index: int) -> str:
+        return str(index)  # generated utterances share no talker
+
     def __getitem__(self, index: int) -> torch.Tensor:
         wav = synthetic_utterance(index, self.seconds, self.seed, self.sample_rate)
         if len(wav) > self.crop:
@@ -174,7 +213,8 @@ def build_dataset(spec: str, data_cfg, key: str, seed: int, valid: bool = False)
         return SyntheticDataset(count, syn.seconds, data_cfg.crop_seconds, syn.seed + (7919 if valid else 0),
                                 data_cfg.sample_rate)
     files = list_audio_files(spec, data_cfg.extensions, key)
-    return AudioCropDataset(files, data_cfg.crop_seconds, data_cfg.min_seconds, data_cfg.sample_rate, seed)
+    root = Path(spec) if Path(spec).is_dir() else None
+    return AudioCropDataset(files, data_cfg.crop_seconds, data_cfg.min_seconds, data_cfg.sample_rate, seed, root)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -213,11 +253,11 @@ class ResumableBatchSampler(Sampler[List[int]]):
             yield chunk[self.rank * self.batch_size: (self.rank + 1) * self.batch_size].tolist()
 
 
-def fixed_batches(dataset: Dataset, batch_size: int, limit: int) -> List[Batch]:
-    """The first ``limit`` batches in order: a fixed held-out set for validation and search."""
+def fixed_batches(dataset: Dataset, batch_size: int, limit: int, seed: int = 0) -> List[Batch]:
+    """A fixed held-out set for validation and search: ``limit`` batches of utterances drawn by
+    :func:`balanced_order` (shuffled by ``seed``, spread over the speakers), the same on every call."""
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(0)
-    out = []
-    for start in range(0, min(len(dataset), batch_size * limit), batch_size):
-        out.append(collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]))
-    return out
+    speakers = [dataset.speaker(i) if hasattr(dataset, "speaker") else str(i) for i in range(len(dataset))]
+    chosen = balanced_order(speakers, seed)[: batch_size * limit]
+    return [collate([dataset[i] for i in chosen[start: start + batch_size]]) for start in range(0, len(chosen), batch_size)]

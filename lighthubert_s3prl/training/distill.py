@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..model.checkpoint import CheckpointError, load_checkpoint, stock_s3prl_runs_as_trained
 from ..model.config import ConfigError, SearchSpace, SubnetConfig
 from ..model.modules import conv_output_lengths
 from ..model.supernet import LightHuBERTSupernet
@@ -23,7 +24,10 @@ from .data import Batch
 from .losses import aggregate, distill_loss, frame_selection, layer_average, normalise, resolve_layers
 from .masking import sample_span_mask, step_generator
 from .models import ekd_backbone, export_model, stage_student
-from .teachers import Teacher, align_frames, build_teacher
+from .hubert_init import load_s3prl_hubert_file, supernet_from_hubert
+from .teachers import LightHuBERTTeacher, Teacher, align_frames, build_teacher
+
+TEACHER_REF = "teacher:"  # student.init=teacher:N starts an EKD student from that teacher's weights
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +97,7 @@ class EKDModule(nn.Module):
     """EKD module: the student backbone plus one linear prediction head per target (DistilHuBERT-style)."""
 
     def __init__(self, model: LightHuBERTSupernet, subnet: SubnetConfig, head_dims: Sequence[int],
-                 loss_type: str, cos_weight: float, seed: int) -> None:
+                 loss_type: str, cos_weight: float, seed: int, head_reduction: str = "sum") -> None:
         super().__init__()
         self.model, self.subnet = model, subnet
         self.heads = nn.ModuleList([nn.Linear(subnet.embed_dim, d) for d in head_dims])
@@ -102,7 +106,7 @@ class EKDModule(nn.Module):
             for head in self.heads:
                 head.weight.normal_(0.0, 0.02, generator=gen)
                 head.bias.zero_()
-        self.loss_type, self.cos_weight = loss_type, cos_weight
+        self.loss_type, self.cos_weight, self.head_reduction = loss_type, cos_weight, head_reduction
 
     def forward(self, wav: torch.Tensor, padding_mask: Optional[torch.Tensor], targets: List[torch.Tensor],
                 frames: torch.Tensor, mask_indices: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -111,7 +115,7 @@ class EKDModule(nn.Module):
         total, stats = 0.0, {}
         for j, (head, target) in enumerate(zip(self.heads, targets)):
             loss, s = distill_loss(head(last), target, frames, self.loss_type, self.cos_weight)
-            total = total + loss / len(self.heads)
+            total = total + (loss / len(self.heads) if self.head_reduction == "mean" else loss)
             stats.update({f"head{j}_{k}": v for k, v in s.items()})
         return total, stats
 
@@ -217,9 +221,13 @@ class Stage2Task(DistillTask):
                 ) from None
         self.module = SupernetDistiller(model, cfg.loss.type, cfg.loss.cos_weight).to(device)
 
-    def subnets_for_step(self, step: int) -> List[SubnetConfig]:
-        """Same on every process (seeded by the step), so all ranks train the same subnet."""
-        rng = random.Random(self.cfg.train.seed * 7_368_787 + step)
+    def subnets_for_step(self, step: int, micro: int = 0) -> List[SubnetConfig]:
+        """The subnets one micro-batch trains: fixed by the step alone (every process and micro-batch of an
+        update the same), or with ``sampling.per_rank`` by the step, micro-batch and process."""
+        key = self.cfg.train.seed * 7_368_787 + step
+        if self.cfg.sampling.per_rank:
+            key = (key * 1_009 + micro) * 10_007 + self.rank
+        rng = random.Random(key)
         picked = [self.space.sample(rng) for _ in range(self.cfg.sampling.random_subnets)]
         if self.cfg.sampling.strategy == "sandwich":
             picked = [self.space.max_subnet(), self.space.min_subnet()] + picked
@@ -229,7 +237,7 @@ class Stage2Task(DistillTask):
         wav, padding, frames, valid, mask = self._common(batch, step, micro)
         target = self.targets(batch, frames, valid, self.student.downsample_rate)
         selected = frame_selection(valid, mask, self.cfg.loss.frames)
-        subnets = self.subnets_for_step(step) if step >= 0 else [self.space.default]
+        subnets = self.subnets_for_step(step, micro) if step >= 0 else [self.space.default]
         return [dict(wav=wav, padding_mask=padding, target=target, mask_indices=mask, subnet=s, frames=selected)
                 for s in subnets]
 
@@ -272,9 +280,39 @@ class EKDTask(DistillTask):
                 )
             dims.append(sum(widths) if self.aggregation == "concat" else widths[0])
         s = cfg.student
-        model, subnet = ekd_backbone(s.type, s.init, s.model, s.layers, s.subnet, cfg.train.seed)
+        model, subnet = ekd_backbone(s.type, s.init, s.model, s.layers, s.subnet, cfg.train.seed,
+                                     self._hubert_source(s.init))
         self.subnet = subnet
-        self.module = EKDModule(model, subnet, dims, cfg.loss.type, cfg.loss.cos_weight, cfg.train.seed).to(device)
+        self.module = EKDModule(model, subnet, dims, cfg.loss.type, cfg.loss.cos_weight, cfg.train.seed,
+                                cfg.loss.heads).to(device)
+
+    def _hubert_source(self, init: Optional[str]) -> Optional[LightHuBERTSupernet]:
+        """``student.init`` as a model when it is a HuBERT-family teacher (``teacher:N`` or ``teacher:LABEL``)
+        or an s3prl HuBERT checkpoint file; None when it is a LightHuBERT checkpoint (or unset)."""
+        if not init:
+            return None
+        if init.startswith(TEACHER_REF):
+            teacher = self._teacher_by_ref(init[len(TEACHER_REF):])
+            if isinstance(teacher, LightHuBERTTeacher):
+                raise ConfigError(f"student.init={init}: teacher {teacher.label} is a LightHuBERT model; give its "
+                                  f"checkpoint file as student.init instead")
+            return supernet_from_hubert(getattr(teacher, "upstream", teacher), f"teacher {teacher.label}")
+        if not Path(init).is_file():
+            return None  # the checkpoint loader names the missing file
+        try:
+            load_checkpoint(init)
+            return None
+        except CheckpointError:
+            return supernet_from_hubert(load_s3prl_hubert_file(init), f"student.init={init}")
+
+    def _teacher_by_ref(self, ref: str) -> Teacher:
+        if ref.isdigit() and int(ref) < len(self.teachers):
+            return self.teachers[int(ref)]
+        named = [t for t in self.teachers if t.label == ref]
+        if len(named) == 1:
+            return named[0]
+        raise ConfigError(f"student.init={TEACHER_REF}{ref} names no teacher; use {TEACHER_REF}N (N < "
+                          f"{len(self.teachers)}) or {TEACHER_REF}LABEL with one of {[t.label for t in self.teachers]}")
 
     def _dims(self, t: int) -> List[int]:
         teacher = self.teachers[t]
@@ -305,7 +343,10 @@ class EKDTask(DistillTask):
     def export(self, path: Path, step: int) -> Path:
         heads = {k: v.detach().cpu().float().contiguous() for k, v in self.module.heads.state_dict().items()}
         record = {**self.training_record(step), "student_type": self.cfg.student.type}
-        return export_model(self.student, path, "student_hubert", self.subnet, None, record,
+        # s3prl's own LightHuBERT upstream runs a student_hubert file as the standard largest model: any other
+        # student gets our own kind, which that upstream refuses instead of running something else
+        kind = "student_hubert" if stock_s3prl_runs_as_trained(self.student.cfg, self.subnet) else "ekd_student"
+        return export_model(self.student, path, kind, self.subnet, None, record,
                             extra_top={"ekd_heads": heads, "ekd": self.head_record()})
 
 

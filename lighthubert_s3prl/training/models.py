@@ -113,18 +113,22 @@ def _with_new_head(model: LightHuBERTSupernet, teacher_dim: int, seed: int) -> L
 
 
 def ekd_backbone(student_type: str, init: Optional[str], model_spec: Any, layers: int, subnet_spec: Any,
-                 seed: int) -> Tuple[LightHuBERTSupernet, SubnetConfig]:
+                 seed: int, source: Optional[LightHuBERTSupernet] = None) -> Tuple[LightHuBERTSupernet, SubnetConfig]:
     """EKD students: a DistilHuBERT-style shallow model, or a LightHuBERT supernet trained at one subnet.
 
-    ``distiller`` keeps the first ``layers`` layers; with ``init`` it copies the CNN, projection, positional
-    conv and those layers from that checkpoint (DistilHuBERT initialises from its teacher the same way).
+    ``distiller`` keeps the first ``layers`` layers; with ``init`` (a checkpoint, or ``source``: a model
+    already built from a HuBERT teacher) it copies the CNN, projection, positional conv and those layers
+    (DistilHuBERT initialises from its teacher the same way).
     """
     from ..model.config import resolve_subnet
 
+    if init and source is None:
+        loaded = load_checkpoint(init)
+        source, init_subnet = build_supernet(loaded), loaded.default_subnet
+    else:
+        init_subnet = None if source is None else source.max_subnet()
     if student_type == "distiller":
-        if init:
-            loaded = load_checkpoint(init)
-            source = build_supernet(loaded)
+        if source is not None:
             if layers > source.cfg.encoder_layers:
                 raise ConfigError(f"student.layers={layers} exceeds the {source.cfg.encoder_layers} layers of student.init")
             cfg = dataclasses.replace(source.cfg, encoder_layers=layers, layer_pred_num=_head_layout(layers, False))
@@ -138,10 +142,9 @@ def ekd_backbone(student_type: str, init: Optional[str], model_spec: Any, layers
             cfg = dataclasses.replace(cfg, encoder_layers=layers, layer_pred_num=_head_layout(layers, False))
             model = init_weights(LightHuBERTSupernet(cfg), seed)
         return model, model.max_subnet()
-    if init:
-        loaded = load_checkpoint(init)
-        model = build_supernet(loaded)
-        subnet = resolve_subnet(subnet_spec, loaded.default_subnet)
+    if source is not None:
+        model = source
+        subnet = resolve_subnet(subnet_spec, init_subnet)
     else:
         model = init_weights(LightHuBERTSupernet(model_config_from(model_spec)), seed)
         subnet = resolve_subnet(subnet_spec, model.max_subnet())

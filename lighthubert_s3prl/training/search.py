@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import random
 import sys
 from dataclasses import dataclass, field
@@ -34,15 +35,20 @@ from ..model.config import (
     save_subnet_file,
 )
 from ..model.cost import analytic_macs
+from ..model.modules import conv_output_lengths
 from ..model.supernet import LightHuBERTSupernet
 from .config import TrainingConfig, apply_override, load_config, resolve_space, space_from_dict
 from .data import Batch, build_dataset, fixed_batches
 from .distill import TargetBuilder, normalised_input, student_frames
-from .losses import distill_loss
+from .losses import distill_loss, frame_selection
+from .masking import sample_span_mask, step_generator
 from .models import SPACE_DEF_KEY
 from .teachers import build_teacher
 
 logger = logging.getLogger(__name__)
+
+# held-out utterances the proxy scores by default: enough speakers that one or two cannot decide the ranking
+PROXY_UTTERANCES = 256
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -96,7 +102,7 @@ class ProxyEvaluator:
     """Distillation loss of the supernet at a subnet on fixed held-out batches (teacher targets cached)."""
 
     def __init__(self, supernet: LightHuBERTSupernet, cfg: TrainingConfig, batches: Sequence[Batch],
-                 device: torch.device) -> None:
+                 device: torch.device, masked: bool = False, seed: int = 0) -> None:
         teacher = build_teacher(cfg.teachers[0], device)
         builder = TargetBuilder(teacher, cfg.target)
         if supernet.cfg.teacher_embed_dim != builder.dim:
@@ -106,14 +112,20 @@ class ProxyEvaluator:
             )
         self.model = supernet.to(device).eval()
         self.loss_type, self.cos_weight = cfg.loss.type, cfg.loss.cos_weight
-        self.items: List[Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, torch.Tensor]] = []
+        self.items: List[Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
         with torch.no_grad():
-            for batch in batches:
+            for i, batch in enumerate(batches):
                 batch = batch.to(device)
                 frames, valid = student_frames(self.model, batch)
                 target = builder(batch, frames, valid, self.model.downsample_rate)
                 padding = batch.padding_mask if bool(batch.padding_mask.any()) else None
-                self.items.append((normalised_input(batch), padding, target, valid))
+                mask, selected = None, valid
+                if masked:  # the same masks for every subnet scored: fixed by the seed and the batch
+                    m = cfg.mask
+                    mask = sample_span_mask(conv_output_lengths(batch.lengths, self.model.cfg.conv_layers), frames,
+                                            m.prob, m.length, m.min_spans, step_generator(seed, i)).to(device)
+                    selected = frame_selection(valid, mask, cfg.loss.frames)
+                self.items.append((normalised_input(batch), padding, target, selected, mask))
         del teacher  # only the cached targets are needed from here on
         self.calls = 0
 
@@ -121,9 +133,9 @@ class ProxyEvaluator:
     def __call__(self, subnet: SubnetConfig) -> float:
         self.calls += 1
         total = 0.0
-        for wav, padding, target, valid in self.items:
-            out = self.model(wav, padding, subnet=subnet, predict=True)
-            loss, _ = distill_loss(out.predictions[max(out.predictions)], target, valid, self.loss_type, self.cos_weight)
+        for wav, padding, target, selected, mask in self.items:
+            out = self.model(wav, padding, subnet=subnet, predict=True, mask_indices=mask)
+            loss, _ = distill_loss(out.predictions[max(out.predictions)], target, selected, self.loss_type, self.cos_weight)
             total += float(loss)
         return total / len(self.items)
 
@@ -287,7 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--population", type=int, default=16)
     p.add_argument("--generations", type=int, default=6)
     p.add_argument("--mutation-prob", type=float, default=0.3)
-    p.add_argument("--batches", type=int, default=None, help="held-out batches for the proxy (default data.valid_batches)")
+    p.add_argument("--utterances", type=int, default=PROXY_UTTERANCES,
+                   help=f"held-out utterances for the proxy, shuffled and spread over the speakers (default {PROXY_UTTERANCES})")
+    p.add_argument("--batches", type=int, default=None,
+                   help="held-out batches of data.batch_size instead of --utterances")
+    p.add_argument("--masked", action="store_true",
+                   help="score with masked input and the loss on masked frames, as the authors' validation "
+                        "(mask and loss.frames settings of the config; the masks are fixed by --seed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
@@ -339,6 +357,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise ConfigError("give exactly one budget: --max-params N or --max-macs N")
     if args.batches is not None and args.batches < 1:
         raise ConfigError(f"--batches={args.batches}: the proxy needs at least one held-out batch")
+    if args.utterances < 1:
+        raise ConfigError(f"--utterances={args.utterances}: the proxy needs at least one held-out utterance")
     cfg, explicit_space = _search_config(args)
     loaded = load_checkpoint(args.ckpt)
     if loaded.kind == "compact":
@@ -358,8 +378,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     budget.check(space)  # fail before the teacher is loaded
     device = torch.device(args.device)
     valid = build_dataset(cfg.data.valid, cfg.data, "data.valid", cfg.train.seed, valid=True)
-    batches = fixed_batches(valid, cfg.data.batch_size, cfg.data.valid_batches if args.batches is None else args.batches)
-    proxy = ProxyEvaluator(build_supernet(loaded), cfg, batches, device)
+    count = args.batches if args.batches is not None else math.ceil(args.utterances / cfg.data.batch_size)
+    batches = fixed_batches(valid, cfg.data.batch_size, count, args.seed)
+    proxy = ProxyEvaluator(build_supernet(loaded), cfg, batches, device, masked=args.masked, seed=args.seed)
     result = search(space, budget, proxy, args.algorithm, args.population, args.generations, args.mutation_prob, args.seed)
     write_result(result, budget, space, Path(args.out), args.ckpt)
     print(f"best subnet ({budget.kind} {budget.cost(result.best):,} <= {budget.limit:,}): {result.best.describe()}\n"

@@ -36,6 +36,7 @@ class Teacher(nn.Module):
 
     label: str = "teacher"
     downsample_rate: int = 320
+    dtype: torch.dtype = torch.float32  # what the teacher computes in (its inputs are cast to it)
 
     def _freeze(self) -> None:
         for p in self.parameters():
@@ -50,7 +51,9 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, batch: Batch) -> TeacherOutput:
-        out = self.run(batch)
+        # the student's mixed precision must not round the targets: the teacher runs at its own dtype
+        with torch.autocast(batch.wav.device.type, enabled=False):
+            out = self.run(batch)
         float_list = lambda xs: None if xs is None else [x.float() for x in xs]  # noqa: E731
         return TeacherOutput(float_list(out.hidden_states), float_list(out.layer_results), out.downsample_rate)
 
@@ -103,7 +106,7 @@ class LightHuBERTTeacher(Teacher):
         for i, n in enumerate(batch.lengths.tolist()):
             wav[i, :n] = F.layer_norm(batch.wav[i, :n], (n,))
         mask = batch.padding_mask if bool(batch.padding_mask.any()) else None
-        out = self.model(wav, mask, padding_mode="exact")
+        out = self.model(wav.to(self.dtype), mask, padding_mode="exact")
         return TeacherOutput(out.hidden_states, out.layer_results, self.downsample_rate)
 
 
@@ -158,7 +161,7 @@ class S3prlTeacher(Teacher):
 
     def run(self, batch: Batch) -> TeacherOutput:
         self._ffn_outputs = []
-        result = self.upstream(batch.waveforms())
+        result = self.upstream([w.to(self.dtype) for w in batch.waveforms()])
         hidden = result["hidden_states"] if isinstance(result, dict) else result
         hidden = [h for h in hidden]
         B, T = hidden[-1].shape[:2]
@@ -189,11 +192,15 @@ def build_teacher(cfg: TeacherConfig, device: torch.device) -> Teacher:
             raise ConfigError(f"teacher {cfg.label}: 'subnet' applies to LightHuBERT teachers only "
                               f"(a checkpoint as teacher.ckpt, or one of our lighthubert_* names)")
         teacher = S3prlTeacher(str(cfg.name), cfg.ckpt, cfg.model_config)
-    teacher.to(device)
+    dtype = getattr(torch, cfg.dtype)
+    if dtype == torch.float16 and device.type != "cuda":
+        raise ConfigError(f"teacher {cfg.label}: dtype float16 needs a CUDA device; use float32 or bfloat16 on {device.type}")
+    teacher.dtype = dtype
+    teacher.to(device=device, dtype=dtype)
     teacher.probe(device)
-    logger.info("teacher %s: %d hidden states %s, %d FFN outputs, %d samples/frame", teacher.label,
+    logger.info("teacher %s: %d hidden states %s, %d FFN outputs, %d samples/frame, %s", teacher.label,
                 teacher.num_hidden_states, sorted(set(teacher.hidden_dims)), teacher.num_layer_results,
-                teacher.downsample_rate)
+                teacher.downsample_rate, cfg.dtype)
     return teacher
 
 

@@ -152,7 +152,7 @@ class Trainer:
         self.valid: List[Batch] = []
         if cfg.data.valid:
             valid_set = build_dataset(cfg.data.valid, cfg.data, "data.valid", loop.seed, valid=True)
-            self.valid = fixed_batches(valid_set, cfg.data.batch_size, cfg.data.valid_batches)
+            self.valid = fixed_batches(valid_set, cfg.data.batch_size, cfg.data.valid_batches, loop.seed)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self._stop = False
         self._maybe_resume()
@@ -252,8 +252,7 @@ class Trainer:
         total, count, stats_sum = 0.0, 0, {}
         for a in range(accum):
             batch = next(batches).to(self.device)
-            with self._autocast():
-                plans = self.task.plan(batch, self.step, a)
+            plans = self.task.plan(batch, self.step, a)  # teachers and masks: outside the student's autocast
             for j, plan in enumerate(plans):
                 last = a == accum - 1 and j == len(plans) - 1
                 sync = self.module.no_sync() if self.env.world > 1 and not last else contextlib.nullcontext()
