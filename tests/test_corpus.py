@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -320,6 +321,10 @@ def test_mini_presets_differ_only_in_acoustics():
         {k: v for k, v in vars(mini).items() if k != "acoustics"}
     held = heldout.acoustics
     assert held.noise_color == "pink" and held.snr_shift_db == -10.0
+    voices = corpus.PRESETS["mini-heldout-voices"]  # the same talkers and noise colour, at the tuning SNRs
+    assert voices.acoustics == replace(held, snr_shift_db=0.0)
+    assert {k: v for k, v in vars(voices).items() if k != "acoustics"} == \
+        {k: v for k, v in vars(mini).items() if k != "acoustics"}
     # the held-out talkers' ranges reach beyond the tuning ones on both sides
     for field in ("rate", "pitch", "pitch_range"):
         low, high = getattr(held, field)

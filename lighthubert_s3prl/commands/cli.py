@@ -22,6 +22,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "make-corpus": ("lighthubert_s3prl.superb.corpus:main", "synthesise the offline mini-SUPERB corpus"),
     "quickstart": ("lighthubert_s3prl.commands.quickstart:main",
                    "mini-SUPERB of random, distilled and fbank rows, with the table"),
+    "reproduce-mini": ("lighthubert_s3prl.commands.reproduce_mini:main",
+                       "LightHuBERT's pipeline in miniature: stage 1, stage 2, search, mini-SUPERB, the claims"),
     "collect": ("lighthubert_s3prl.superb.collect:main", "collect s3prl results into the paper-style table"),
     "package": ("lighthubert_s3prl.superb.package:main", "build leaderboard submission archives"),
     "export": ("lighthubert_s3prl.commands.export:main", "write a compact checkpoint holding one subnet"),

@@ -49,7 +49,7 @@ class CheckpointError(ValueError):
 @dataclass
 class LoadedCheckpoint:
     path: Path
-    kind: str  # "hubert_pruner", "student_hubert" or "compact"
+    kind: str  # "hubert_pruner", "student_hubert", "ekd_student" or "compact"
     model_cfg: ModelConfig
     state_dict: Dict[str, torch.Tensor]
     raw_cfg: Dict[str, Any] = field(default_factory=dict)

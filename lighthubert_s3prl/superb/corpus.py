@@ -114,10 +114,11 @@ PRESETS: Dict[str, Preset] = {
                    vox_speakers=(40, 10), vox_videos=5, vox_utts_per_video=4, asv_trials=1000,
                    ls_speakers=(30, 6, 6), ls_utts_per_speaker=(15, 8, 8), ls_vocabulary=60),
 }
-# held out from tuning: the mini sizes with other talkers' prosody, stronger and coloured noise (use it with
-# a seed of its own, e.g. --seed 1)
-PRESETS["mini-heldout"] = replace(PRESETS["mini"], acoustics=Acoustics(
-    rate=(130, 211), pitch=(25, 76), pitch_range=(20, 86), snr_shift_db=-10.0, noise_color="pink"))
+# held out from tuning (use them with a seed of their own, e.g. --seed 1): the mini sizes with other talkers'
+# prosody and pink noise at the same signal-to-noise ratios, and the same with the noise 10 dB stronger
+HELD_OUT_PROSODY = dict(rate=(130, 211), pitch=(25, 76), pitch_range=(20, 86), noise_color="pink")
+PRESETS["mini-heldout"] = replace(PRESETS["mini"], acoustics=Acoustics(**HELD_OUT_PROSODY, snr_shift_db=-10.0))
+PRESETS["mini-heldout-voices"] = replace(PRESETS["mini"], acoustics=Acoustics(**HELD_OUT_PROSODY))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -781,7 +782,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("out", metavar="OUT", help="output directory (created if missing)")
     parser.add_argument("--preset", default="ci", choices=sorted(PRESETS),
                         help="size: ci (~900 files, for CI), small (a few times larger), mini (the mini-SUPERB "
-                             "instrument) or mini-heldout (mini sizes, other voices and noise); default ci")
+                             "instrument), mini-heldout-voices (mini sizes, other talkers and pink noise) or mini-heldout "
+                             "(the same, noise 10 dB stronger); default ci")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same files")
     parser.add_argument("--tasks", default=None,
                         help=f"comma-separated subset of {','.join(TASK_NAMES)} (default: all)")
