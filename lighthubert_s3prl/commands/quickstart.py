@@ -58,28 +58,55 @@ def ensure_random_checkpoint(workdir: Path, seed: int) -> Path:
     return write_random_checkpoint(path, "small", seed=seed, model_cfg=tiny_model_config())
 
 
-def ensure_distilled_checkpoint(workdir: Path, corpus_dir: Path, seed: int, steps: Optional[int] = None) -> Path:
-    """The tiny student distilled from fbank on the corpus's train-clean-100 audio (resumes; kept once done)."""
+def train_once(config: Path, overrides: List[str], out: Path, stage: str, again: str = "run it again") -> Path:
+    """One training run copied to ``out`` when done: kept, so a re-run skips it (an interrupted one resumes)."""
     from lighthubert_s3prl.io_utils import atomic_write
     from lighthubert_s3prl.training.config import load_config
     from lighthubert_s3prl.training.trainer import train
 
-    path = workdir / "checkpoints" / DISTILLED_CKPT.format(seed=seed)
-    if path.is_file():
-        LOG.info("distilled checkpoint: %s exists, reusing", path)
-        return path
-    overrides = [f"data.train={corpus_dir / 'LibriSpeech' / 'train-clean-100'}",
-                 f"train.output_dir={workdir / 'distil'}", f"train.seed={seed}", "train.tensorboard=false"]
-    if steps is not None:
-        overrides.append(f"train.steps={steps}")
-    cfg = load_config(DISTIL_CONFIG, overrides, "stage1")
-    LOG.info("distilled checkpoint: %d steps of train stage1 (fbank teacher) in %s", cfg.train.steps, workdir / "distil")
+    if out.is_file():
+        LOG.info("%s: %s exists, reusing", stage, out)
+        return out
+    cfg = load_config(config, overrides + ["train.tensorboard=false"], stage)
+    LOG.info("%s: %d steps of train %s (teacher %s) in %s", out.name, cfg.train.steps, stage, cfg.teachers[0].label,
+             cfg.train.output_dir)
     result = train(cfg)
     if result.interrupted or result.model_path is None:
-        raise RuntimeError(f"the distillation stopped at step {result.step}; run the quickstart again to resume it")
+        raise RuntimeError(f"train {stage} stopped at step {result.step}; {again} to resume it")
     data = Path(result.model_path).read_bytes()
-    atomic_write(path, lambda f: f.write(data))
-    return path
+    atomic_write(out, lambda f: f.write(data))
+    return out
+
+
+def ensure_distilled_checkpoint(workdir: Path, corpus_dir: Path, seed: int, steps: Optional[int] = None) -> Path:
+    """The tiny student distilled from fbank on the corpus's train-clean-100 audio (resumes; kept once done)."""
+    overrides = [f"data.train={corpus_dir / 'LibriSpeech' / 'train-clean-100'}",
+                 f"train.output_dir={workdir / 'distil'}", f"train.seed={seed}"]
+    if steps is not None:
+        overrides.append(f"train.steps={steps}")
+    return train_once(DISTIL_CONFIG, overrides, workdir / "checkpoints" / DISTILLED_CKPT.format(seed=seed), "stage1",
+                      "run the quickstart again")
+
+
+def pick_rows(spec: Optional[str], rows: Sequence) -> list:
+    """The rows ``--rows a,b`` names (all for None), in their own order; unknown names are an error."""
+    from lighthubert_s3prl.superb.options import RunnerError
+
+    chosen = [r for r in rows if spec is None or r.key in spec.split(",")]
+    unknown = set((spec or "").split(",")) - {r.key for r in rows} - {""}
+    if unknown or not chosen:
+        raise RunnerError(f"--rows {spec!r}: choose from {','.join(r.key for r in rows)}")
+    return chosen
+
+
+def shortened(tasks: Sequence[str], steps: Optional[int]) -> Dict[str, Dict[str, object]]:
+    """Per-task config overrides for ``--steps N``: N updates, one evaluation and one checkpoint at the end."""
+    from lighthubert_s3prl.superb.options import RunnerError
+
+    if steps is not None and steps < 1:
+        raise RunnerError("--steps must be at least 1")
+    return {t: ({} if steps is None else {"runner.total_steps": steps, "runner.eval_step": steps,
+                                          "runner.save_step": steps, "runner.log_step": steps}) for t in tasks}
 
 
 def run_rows(jobs: Sequence[Tuple[Row, str]], make_runner, workers: int) -> Dict[Tuple[str, str], list]:
@@ -149,7 +176,7 @@ def run_quickstart(workdir: Path, tasks: str = DEFAULT_TASKS, preset: str = "min
     """Run every step; returns the paths and outcomes (raises RunnerError/CorpusError on bad input)."""
     from lighthubert_s3prl.superb import collect as collect_mod
     from lighthubert_s3prl.superb.corpus import make_corpus
-    from lighthubert_s3prl.superb.options import RunnerError, RunOptions, parse_folds, parse_task_list
+    from lighthubert_s3prl.superb.options import RunOptions, parse_folds, parse_task_list
     from lighthubert_s3prl.superb.report import format_summary
     from lighthubert_s3prl.superb.runner import SuperbRunner
 
@@ -157,10 +184,7 @@ def run_quickstart(workdir: Path, tasks: str = DEFAULT_TASKS, preset: str = "min
     workdir = workdir.expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     task_list = parse_task_list(tasks)
-    chosen = [r for r in ROWS if rows is None or r.key in rows.split(",")]
-    unknown = set((rows or "").split(",")) - {r.key for r in ROWS} - {""}
-    if unknown or not chosen:
-        raise RunnerError(f"--rows {rows!r}: choose from {','.join(r.key for r in ROWS)}")
+    chosen = pick_rows(rows, ROWS)
 
     corpus_dir = (corpus or workdir / "corpus").expanduser().resolve()
     needs_audio = any(r.key == "distilled" for r in chosen)
@@ -176,13 +200,7 @@ def run_quickstart(workdir: Path, tasks: str = DEFAULT_TASKS, preset: str = "min
 
     LOG.info("step 3/4: %s scale of %s for %s, %d at a time", scale, ",".join(task_list),
              ", ".join(r.key for r in chosen), jobs)
-    sets: Dict[str, Dict[str, object]] = {t: {} for t in task_list}
-    if steps is not None:
-        if steps < 1:
-            raise RunnerError("--steps must be at least 1")
-        for t in task_list:  # one evaluation and one checkpoint at the end of the shortened run
-            sets[t].update({"runner.total_steps": steps, "runner.eval_step": steps, "runner.save_step": steps,
-                            "runner.log_step": steps})
+    sets = shortened(task_list, steps)
     folds = parse_folds(er_folds) if "er" in task_list else []
 
     def make_runner(row: Row, task: str) -> SuperbRunner:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .quickstart import Row, ensure_random_checkpoint, run_rows
+from .quickstart import Row, ensure_random_checkpoint, pick_rows, run_rows, shortened, train_once
 
 LOG = logging.getLogger("lighthubert_s3prl.commands.reproduce_mini")
 
@@ -78,25 +78,6 @@ CLAIMS: Tuple[Claim, ...] = (
           (("stage2_max", "stage2_default"), ("stage2_default", "stage2_min")), False),
     Claim("the searched subnet is no worse than the default of its budget", (("search_same", "stage2_default"),), False),
 )
-
-
-def _train(config: Path, overrides: List[str], out: Path, stage: str) -> Path:
-    """One training stage, copied to ``out`` when done (kept: a re-run skips it; an interrupted one resumes)."""
-    from lighthubert_s3prl.io_utils import atomic_write
-    from lighthubert_s3prl.training.config import load_config
-    from lighthubert_s3prl.training.trainer import train
-
-    if out.is_file():
-        LOG.info("%s: %s exists, reusing", stage, out)
-        return out
-    cfg = load_config(config, overrides + ["train.tensorboard=false", "train.progress=false"], stage)
-    LOG.info("%s: %d steps (teacher %s) in %s", stage, cfg.train.steps, cfg.teachers[0].label, cfg.train.output_dir)
-    result = train(cfg)
-    if result.interrupted or result.model_path is None:
-        raise RuntimeError(f"{stage} stopped at step {result.step}; run reproduce-mini again to resume it")
-    data = Path(result.model_path).read_bytes()
-    atomic_write(out, lambda f: f.write(data))
-    return out
 
 
 def _write_subnet(path: Path, subnet, note: str) -> None:
@@ -201,16 +182,13 @@ def run_reproduce_mini(out: Path, tasks: str = DEFAULT_TASKS, seeds: Sequence[in
     from lighthubert_s3prl.model.config import count_parameters, resolve_subnet
     from lighthubert_s3prl.superb.calibration import read_calibration, to_json, to_markdown
     from lighthubert_s3prl.superb.corpus import make_corpus
-    from lighthubert_s3prl.superb.options import RunnerError, RunOptions, parse_folds, parse_task_list
+    from lighthubert_s3prl.superb.options import RunOptions, parse_folds, parse_task_list
     from lighthubert_s3prl.superb.runner import SuperbRunner
 
     started = time.monotonic()
     out = out.expanduser().resolve()
     task_list = parse_task_list(tasks)
-    chosen = [v for v in VARIANTS if rows is None or v.key in rows.split(",")]
-    unknown = set((rows or "").split(",")) - {v.key for v in VARIANTS} - {""}
-    if unknown or not chosen:
-        raise RunnerError(f"--rows {rows!r}: choose from {','.join(v.key for v in VARIANTS)}")
+    chosen = pick_rows(rows, VARIANTS)
     corpus = (corpus or out / "corpus").expanduser().resolve()
     LOG.info("step 1/6: corpus (%s preset, seed %d) in %s", preset, corpus_seed, corpus)
     make_corpus(corpus, preset=preset, seed=corpus_seed, tasks=task_list + ["asr"])
@@ -219,21 +197,21 @@ def run_reproduce_mini(out: Path, tasks: str = DEFAULT_TASKS, seeds: Sequence[in
     LOG.info("step 2/6: stage 1")
     ckpts: Dict[str, Path] = {"random": ensure_random_checkpoint(out, corpus_seed)}
     common = [f"data.train={train_audio}", f"train.seed={corpus_seed}"]
-    ckpts["stage1"] = _train(STAGE1_CONFIG, common + [f"train.output_dir={out / 'train' / 'stage1'}"] +
-                             ([f"train.steps={stage1_steps}"] if stage1_steps else []),
-                             out / "checkpoints" / "stage1.pt", "stage1")
+    again = "run reproduce-mini again"
+    ckpts["stage1"] = train_once(STAGE1_CONFIG, common + [f"train.output_dir={out / 'train' / 'stage1'}"] +
+                                 ([f"train.steps={stage1_steps}"] if stage1_steps else []),
+                                 out / "checkpoints" / "stage1.pt", "stage1", again)
     LOG.info("step 3/6: stage 2 (once-for-all)")
-    ckpts["stage2"] = _train(STAGE2_CONFIG, common + [f"student.init={ckpts['stage1']}",
-                                                      f"train.output_dir={out / 'train' / 'stage2'}"] +
-                             ([f"train.steps={stage2_steps}"] if stage2_steps else []),
-                             out / "checkpoints" / "stage2.pt", "stage2")
+    ckpts["stage2"] = train_once(STAGE2_CONFIG, common + [f"student.init={ckpts['stage1']}",
+                                                          f"train.output_dir={out / 'train' / 'stage2'}"] +
+                                 ([f"train.steps={stage2_steps}"] if stage2_steps else []),
+                                 out / "checkpoints" / "stage2.pt", "stage2", again)
     LOG.info("step 4/6: subnets and search")
     subnets = prepare_subnets(out, ckpts["stage2"], corpus, corpus_seed, population, generations)
 
     LOG.info("step 5/6: %s scale of %s for %d rows x seeds %s, %d at a time", scale, ",".join(task_list),
              len(chosen), ",".join(map(str, seeds)), jobs)
-    sets = {t: ({} if steps is None else {"runner.total_steps": steps, "runner.eval_step": steps,
-                                          "runner.save_step": steps, "runner.log_step": steps}) for t in task_list}
+    sets = shortened(task_list, steps)
     folds = parse_folds(er_folds) if "er" in task_list else []
     by_key = {v.key: v for v in chosen}
 
@@ -307,14 +285,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     from lighthubert_s3prl.superb.corpus import CorpusError
     from lighthubert_s3prl.superb.options import RunnerError
 
+    seeds = [s.strip() for s in args.seeds.split(",") if s.strip()]
+    if not seeds or not all(s.isdigit() for s in seeds):
+        print(f"lighthubert-s3prl reproduce-mini: error: --seeds {args.seeds!r}: give seeds as numbers, e.g. 1,2,3",
+              file=sys.stderr)
+        return 2
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        result = run_reproduce_mini(args.out, args.tasks, seeds, args.preset, args.corpus_seed, args.stage1_steps,
-                                    args.stage2_steps, args.population, args.generations, args.er_folds, args.scale,
-                                    args.steps, args.jobs, args.rows, args.margin, args.corpus)
-    except ValueError as err:
-        if not isinstance(err, (RunnerError, CorpusError, ConfigError)) and "invalid literal" not in str(err):
-            raise
+        result = run_reproduce_mini(args.out, args.tasks, [int(s) for s in seeds], args.preset, args.corpus_seed,
+                                    args.stage1_steps, args.stage2_steps, args.population, args.generations,
+                                    args.er_folds, args.scale, args.steps, args.jobs, args.rows, args.margin,
+                                    args.corpus)
+    except (RunnerError, CorpusError, ConfigError) as err:
         print(f"lighthubert-s3prl reproduce-mini: error: {err}", file=sys.stderr)
         return 2
     return 1 if result["failed"] else 0
