@@ -180,6 +180,17 @@ def test_reduced_precision_dtype_is_what_the_model_computes_in(tiny_ckpt, tmp_pa
     assert 1e-4 < rel < 0.05, rel
 
 
+def test_the_cache_folder_follows_our_variable_then_xdg_then_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("LIGHTHUBERT_S3PRL_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert hubconf.cache_dir() == tmp_path / "home" / ".cache" / "lighthubert_s3prl"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hubconf.cache_dir() == tmp_path / "xdg" / "lighthubert_s3prl"
+    monkeypatch.setenv("LIGHTHUBERT_S3PRL_CACHE", str(tmp_path / "ours"))
+    assert hubconf.cache_dir() == tmp_path / "ours"
+
+
 def test_official_entries_offline_say_where_to_put_the_file(tmp_path, monkeypatch, small_ckpt):
     monkeypatch.setenv("LIGHTHUBERT_S3PRL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("LIGHTHUBERT_S3PRL_OFFLINE", "1")

@@ -91,11 +91,16 @@ class UpstreamOptions:
             raise ConfigError(f"feature_cache_mb={self.feature_cache_mb!r}; give a size in MB (0 turns the cache off)")
 
 
+def normalised(wav: torch.Tensor) -> torch.Tensor:
+    """One waveform normalised to zero mean and unit variance over its own samples, as LightHuBERT was trained."""
+    return F.layer_norm(wav.float(), wav.shape)
+
+
 def prepare_batch(wavs: List[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Normalise each waveform on its own (LightHuBERT was trained so), zero-pad, and mark the padding."""
     if len(wavs) == 0:
         raise ValueError("got an empty list of waveforms")
-    wavs = [F.layer_norm(w.float(), w.shape) for w in wavs]
+    wavs = [normalised(w) for w in wavs]
     lengths = torch.tensor([len(w) for w in wavs], device=wavs[0].device)
     padded = pad_sequence(wavs, batch_first=True)
     padding_mask = torch.arange(padded.size(1), device=padded.device)[None, :] >= lengths[:, None]
@@ -166,7 +171,7 @@ class UpstreamExpert(nn.Module):
         if by_utterance:
             # "exact" means each utterance as if alone; on a CPU running them alone spends nothing on padding,
             # while a GPU is better used by one padded batch (equally exact)
-            out = self.model.forward_utterances([F.layer_norm(w.float(), w.shape) for w in wavs])
+            out = self.model.forward_utterances([normalised(w) for w in wavs])
         else:
             padded, padding_mask = prepare_batch(wavs)
             out = self.model(padded.to(self.compute_dtype), padding_mask, padding_mode=self.options.padding_mode)
@@ -182,7 +187,7 @@ class UpstreamExpert(nn.Module):
         states: List[Optional[List[torch.Tensor]]] = [cache.get(k) for k in keys]
         missing = [i for i, s in enumerate(states) if s is None]
         if missing:
-            out = self.model.forward_utterances([F.layer_norm(wavs[i].float(), wavs[i].shape) for i in missing])
+            out = self.model.forward_utterances([normalised(wavs[i]) for i in missing])
             T = out.hidden_states[0].shape[1]
             frames = [T] * len(missing) if out.padding_mask is None else (~out.padding_mask).sum(1).tolist()
             for j, i in enumerate(missing):

@@ -21,8 +21,11 @@ PRESET_OF = {"lighthubert_small": "small", "lighthubert_base": "base", "lighthub
 
 
 def cache_dir() -> Path:
-    """Where official checkpoints are looked for: ``$LIGHTHUBERT_S3PRL_CACHE`` or ``~/.cache/lighthubert_s3prl``."""
-    return Path(os.environ.get("LIGHTHUBERT_S3PRL_CACHE", Path.home() / ".cache" / "lighthubert_s3prl"))
+    """Where official checkpoints are looked for: ``$LIGHTHUBERT_S3PRL_CACHE``, else ``lighthubert_s3prl`` in
+    ``$XDG_CACHE_HOME`` (the freedesktop cache folder), else in ``~/.cache``."""
+    if os.environ.get("LIGHTHUBERT_S3PRL_CACHE"):
+        return Path(os.environ["LIGHTHUBERT_S3PRL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lighthubert_s3prl"
 
 
 def official_checkpoint(name: str, refresh: bool = False) -> Path:
