@@ -58,9 +58,8 @@ def _onednn_capped_below_bf16() -> bool:
 def cpu_has_native_bf16() -> bool:
     """True where bf16 matrix work runs in hardware: AVX512-BF16 or AMX on x86, the BF16 extension on Arm."""
     machine = platform.machine().lower()
-    if machine in ("x86_64", "amd64", "i386", "i686"):
-        native = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-        return native and not _onednn_capped_below_bf16()
+    if machine in ("x86_64", "amd64", "i386", "i686"):  # the kernel's flags, not a private torch probe
+        return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) and not _onednn_capped_below_bf16()
     if machine in ("aarch64", "arm64"):
         return "bf16" in cpu_flags()
     return False

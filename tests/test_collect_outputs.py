@@ -285,7 +285,7 @@ def test_write_outputs_writes_the_four_complete_files_and_nothing_else(tmp_path)
         'a,ours,1.5000,12.50,missing,missing,missing,1/5 folds (failed),missing,missing,12.25,pr,true,,/x/a\n'
         'R,reference,,,96.00,,,,,,,pr,true,900,paper\n')
     md = (out / "superb_results.md").read_text(encoding="utf-8")
-    assert md.startswith(HEADER.format(score="SUPERB score (partial, 1 tasks)"))
+    assert md.startswith(HEADER.format(score="SUPERB score (partial, 1 task)"))
     png = (out / "superb_results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     # 7 x 4.5 inches at 120 dpi; the IHDR chunk holds width and height
@@ -600,7 +600,7 @@ def test_offline_rows_score_in_a_column_of_their_own():
     lines = md.splitlines()
     assert lines[0] == ("| Model | Params (M) | PR PER↓ | KS Acc↑ | IC Acc↑ | SID Acc↑ | ER Acc↑ | ASR WER↓ | ASV EER↓ | "
                         "mini-SUPERB score (synthetic, not comparable to the leaderboard) | "
-                        "SUPERB score (partial, 1 tasks) | LB score |")
+                        "SUPERB score (partial, 1 task) | LB score |")
     missing = "missing | " * 5
     assert lines[2] == f"| **distilled** | 2.50 | missing | 75.00 | {missing}-400.0 | — | — |"
     assert lines[3] == f"| **fbank** | 0.00 | missing | 50.00 | {missing}-800.0 | — | — |"

@@ -38,11 +38,13 @@ def test_native_bf16_matches_the_cpu_flags(monkeypatch):
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="x86 detection")
 def test_native_bf16_follows_the_instructions_and_a_onednn_cap(monkeypatch):
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert not hardware.cpu_has_native_bf16()
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "amx_tile"}))
+    assert not hardware.cpu_has_native_bf16()  # AMX tiles without their bf16 instructions do not count
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "amx_tile", "amx_bf16"}))
+    assert hardware.cpu_has_native_bf16()
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
     assert hardware.cpu_has_native_bf16()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")  # oneDNN then never uses its bf16 kernels
     assert not hardware.cpu_has_native_bf16()

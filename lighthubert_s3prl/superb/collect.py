@@ -347,7 +347,8 @@ class Table:
                 for row, key in zip(self.rows, _row_keys(self.rows))]
 
     def score_header(self) -> str:
-        return "SUPERB score" if not self.partial else f"SUPERB score (partial, {len(self.score_tasks)} tasks)"
+        n = len(self.score_tasks)
+        return "SUPERB score" if not self.partial else f"SUPERB score (partial, {n} task{'' if n == 1 else 's'})"
 
     def score_note(self) -> str:
         if not self.score_tasks:
