@@ -84,3 +84,24 @@ def test_student_init_from_a_teacher_names_what_is_wrong(tmp_path, hubert_file, 
     torch.save({"weights": {}}, bad)
     with pytest.raises(ConfigError, match="neither a LightHuBERT checkpoint nor an s3prl HuBERT checkpoint"):
         _ekd(tmp_path, hubert_file, str(bad))
+
+
+@pytest.mark.parametrize("student_type", ["distiller", "supernet"])
+def test_a_student_started_from_a_lighthubert_checkpoint_computes_as_it(tmp_path, teacher_ckpt, student_type):
+    """student.init as a LightHuBERT checkpoint: a distiller keeps its CNN and first two layers, a supernet
+    student the whole model at the checkpoint's own subnet."""
+    from lighthubert_s3prl.model.checkpoint import build_supernet, load_checkpoint
+
+    cfg = tiny_config("ekd", tmp_path, teacher_ckpt, teacher=None, target={"source": "hidden_states"},
+                      student={"type": student_type, "init": str(teacher_ckpt), "layers": 2},
+                      teachers=[{"ckpt": str(teacher_ckpt), "layers": [1, 2]}])
+    task = build_task(load_config(cfg), torch.device("cpu"))
+    loaded = load_checkpoint(teacher_ckpt)
+    reference = build_supernet(loaded).eval()
+    wav = synthetic_utterance(5, 0.8)
+    with torch.no_grad():
+        want = reference(wav[None], None, subnet=loaded.default_subnet, padding_mode="exact").hidden_states
+    got = _student_hidden_states(task.student, wav)
+    assert len(got) == (3 if student_type == "distiller" else len(want))
+    for layer, (a, b) in enumerate(zip(got, want)):
+        assert torch.allclose(a, b, atol=1e-5), (layer, float((a - b).abs().max()))

@@ -213,10 +213,11 @@ def run_reproduce_mini(out: Path, tasks: str = DEFAULT_TASKS, seeds: Sequence[in
              len(chosen), ",".join(map(str, seeds)), jobs)
     sets = shortened(task_list, steps)
     folds = parse_folds(er_folds) if "er" in task_list else []
-    by_key = {v.key: v for v in chosen}
+    # one runner root per row and seed; run_rows keeps two jobs of one root apart
+    plan = {f"{v.key}/seed{s}": (v, s) for s in seeds for v in chosen}
 
     def make_runner(job: Row, task: str) -> SuperbRunner:
-        variant, seed = by_key[job.key.split("/")[0]], int(job.key.split("seed")[-1])
+        variant, seed = plan[job.key]
         ckpt = None if variant.checkpoint is None else str(ckpts[variant.checkpoint])
         return SuperbRunner(RunOptions(
             upstream=job.upstream, tasks=[task], ckpt=ckpt,
@@ -231,21 +232,22 @@ def run_reproduce_mini(out: Path, tasks: str = DEFAULT_TASKS, seeds: Sequence[in
 
     LOG.info("step 6/6: table, figure and claims")
     params: Dict[str, float] = {"teacher": 0.0}
+    loaded = {key: load_checkpoint(path) for key, path in ckpts.items()}
     for v in chosen:
         if v.checkpoint is not None:
-            loaded = load_checkpoint(ckpts[v.checkpoint])
-            subnet = resolve_subnet(None if v.subnet is None else str(subnets[v.subnet]), loaded.default_subnet)
-            params[v.key] = count_parameters(subnet, loaded.model_cfg) / 1e6
+            ckpt = loaded[v.checkpoint]
+            subnet = resolve_subnet(None if v.subnet is None else str(subnets[v.subnet]), ckpt.default_subnet)
+            params[v.key] = count_parameters(subnet, ckpt.model_cfg) / 1e6
     found = read_calibration(out / "exp")
     measured = {v.key: found[v.key] for v in VARIANTS if v.key in found}  # the table in pipeline order
     results = out / "results"
-    table = to_markdown(measured, [(a, b) for c in CLAIMS for a, b in c.pairs], margin)  # the gaps the claims use
+    pairs = [(a, b) for c in CLAIMS for a, b in c.pairs]  # the gaps the claims rest on
+    table = to_markdown(measured, pairs, margin)
     claims = claim_lines(measured, task_list, margin)
     lines = ["# LightHuBERT in miniature", "", f"rows x seeds {','.join(map(str, seeds))}, {scale} scale, "
              f"corpus {preset} (seed {corpus_seed}); parameters (M): " +
              ", ".join(f"{k} {params[k]:.3f}" for k in params), "", table, "", "## The paper's claims", ""] + claims
     atomic_write_text(results / "reproduce_mini.md", "\n".join(lines) + "\n")
-    pairs = [(a, b) for c in CLAIMS for a, b in c.pairs]
     atomic_write_text(results / "reproduce_mini.json", json.dumps(
         {"params_m": params, "claims": claims, **to_json(measured, pairs, margin)}, indent=2) + "\n")
     figure = draw_figure(measured, params, task_list, results / "reproduce_mini.png")

@@ -35,9 +35,8 @@ from .supernet import LightHuBERTSupernet
 logger = logging.getLogger(__name__)
 
 SUPERNET_NAMES = ("hubert_pruner", "student_hubert", "ekd_student")
-# the kinds s3prl's own LightHuBERT upstream accepts; "ekd_student" is ours, for students that upstream would
-# run wrongly (it asserts the kind, so such a file is refused there rather than run as another model)
-STOCK_S3PRL_KINDS = ("hubert_pruner", "student_hubert")
+# s3prl's own LightHuBERT upstream accepts the first two; "ekd_student" is ours, for students that upstream
+# would run wrongly (it asserts the kind, so such a file is refused there rather than run as another model)
 # keys present in the released files that no inference path uses
 IGNORED_KEYS = ("label_embs_concat", "final_proj.weight", "final_proj.bias")
 

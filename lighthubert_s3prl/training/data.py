@@ -14,6 +14,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from ..model.config import ConfigError
@@ -33,6 +34,13 @@ class Batch:
     def waveforms(self) -> List[torch.Tensor]:
         """Unpadded waveforms, what s3prl upstreams take."""
         return [w[:n] for w, n in zip(self.wav, self.lengths.tolist())]
+
+    def normalised(self) -> torch.Tensor:
+        """Per-utterance layer norm over the valid samples (LightHuBERT's input convention), zero padding kept."""
+        wav = torch.zeros_like(self.wav)
+        for i, n in enumerate(self.lengths.tolist()):
+            wav[i, :n] = F.layer_norm(self.wav[i, :n], (n,))
+        return wav
 
 
 def collate(wavs: Sequence[torch.Tensor]) -> Batch:

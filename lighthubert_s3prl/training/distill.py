@@ -13,9 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..model.checkpoint import CheckpointError, load_checkpoint, stock_s3prl_runs_as_trained
+from ..model.checkpoint import CheckpointError, build_supernet, load_checkpoint, stock_s3prl_runs_as_trained
 from ..model.config import ConfigError, SearchSpace, SubnetConfig
 from ..model.modules import conv_output_lengths
 from ..model.supernet import LightHuBERTSupernet
@@ -32,14 +31,6 @@ TEACHER_REF = "teacher:"  # student.init=teacher:N starts an EKD student from th
 logger = logging.getLogger(__name__)
 
 Plan = Dict[str, Any]  # keyword arguments of one forward of a task's module
-
-
-def normalised_input(batch: Batch) -> torch.Tensor:
-    """Per-utterance layer norm over the valid samples (LightHuBERT's input convention), zero padding kept."""
-    wav = torch.zeros_like(batch.wav)
-    for i, n in enumerate(batch.lengths.tolist()):
-        wav[i, :n] = F.layer_norm(batch.wav[i, :n], (n,))
-    return wav
 
 
 def student_frames(model: LightHuBERTSupernet, batch: Batch) -> Tuple[int, torch.Tensor]:
@@ -145,7 +136,7 @@ class DistillTask:
             mask = sample_span_mask(lengths, frames, m.prob, m.length, m.min_spans,
                                     step_generator(self.cfg.train.seed, step, micro, self.rank)).to(self.device)
         padding = batch.padding_mask if bool(batch.padding_mask.any()) else None
-        return normalised_input(batch), padding, frames, valid, mask
+        return batch.normalised(), padding, frames, valid, mask
 
     def plan(self, batch: Batch, step: int, micro: int = 0) -> List[Plan]:
         raise NotImplementedError
@@ -280,30 +271,32 @@ class EKDTask(DistillTask):
                 )
             dims.append(sum(widths) if self.aggregation == "concat" else widths[0])
         s = cfg.student
-        model, subnet = ekd_backbone(s.type, s.init, s.model, s.layers, s.subnet, cfg.train.seed,
-                                     self._hubert_source(s.init))
+        source, source_subnet = self._init_source(s.init)
+        model, subnet = ekd_backbone(s.type, source, source_subnet, s.model, s.layers, s.subnet, cfg.train.seed)
         self.subnet = subnet
         self.module = EKDModule(model, subnet, dims, cfg.loss.type, cfg.loss.cos_weight, cfg.train.seed,
                                 cfg.loss.heads).to(device)
 
-    def _hubert_source(self, init: Optional[str]) -> Optional[LightHuBERTSupernet]:
-        """``student.init`` as a model when it is a HuBERT-family teacher (``teacher:N`` or ``teacher:LABEL``)
-        or an s3prl HuBERT checkpoint file; None when it is a LightHuBERT checkpoint (or unset)."""
+    def _init_source(self, init: Optional[str]) -> Tuple[Optional[LightHuBERTSupernet], Optional[SubnetConfig]]:
+        """``student.init`` as a model and the subnet it runs: a LightHuBERT checkpoint, a HuBERT-family teacher
+        (``teacher:N`` or ``teacher:LABEL``) or an s3prl HuBERT checkpoint file; (None, None) when unset."""
         if not init:
-            return None
+            return None, None
         if init.startswith(TEACHER_REF):
             teacher = self._teacher_by_ref(init[len(TEACHER_REF):])
             if isinstance(teacher, LightHuBERTTeacher):
                 raise ConfigError(f"student.init={init}: teacher {teacher.label} is a LightHuBERT model; give its "
                                   f"checkpoint file as student.init instead")
-            return supernet_from_hubert(getattr(teacher, "upstream", teacher), f"teacher {teacher.label}")
-        if not Path(init).is_file():
-            return None  # the checkpoint loader names the missing file
+            model = supernet_from_hubert(getattr(teacher, "upstream", teacher), f"teacher {teacher.label}")
+            return model, model.max_subnet()
         try:
-            load_checkpoint(init)
-            return None
+            loaded = load_checkpoint(init)
         except CheckpointError:
-            return supernet_from_hubert(load_s3prl_hubert_file(init), f"student.init={init}")
+            if not Path(init).is_file():
+                raise  # the loader's message names the missing file
+            model = supernet_from_hubert(load_s3prl_hubert_file(init), f"student.init={init}")
+            return model, model.max_subnet()
+        return build_supernet(loaded), loaded.default_subnet
 
     def _teacher_by_ref(self, ref: str) -> Teacher:
         if ref.isdigit() and int(ref) < len(self.teachers):

@@ -112,21 +112,17 @@ def _with_new_head(model: LightHuBERTSupernet, teacher_dim: int, seed: int) -> L
     return fresh
 
 
-def ekd_backbone(student_type: str, init: Optional[str], model_spec: Any, layers: int, subnet_spec: Any,
-                 seed: int, source: Optional[LightHuBERTSupernet] = None) -> Tuple[LightHuBERTSupernet, SubnetConfig]:
+def ekd_backbone(student_type: str, source: Optional[LightHuBERTSupernet], source_subnet: Optional[SubnetConfig],
+                 model_spec: Any, layers: int, subnet_spec: Any, seed: int) -> Tuple[LightHuBERTSupernet, SubnetConfig]:
     """EKD students: a DistilHuBERT-style shallow model, or a LightHuBERT supernet trained at one subnet.
 
-    ``distiller`` keeps the first ``layers`` layers; with ``init`` (a checkpoint, or ``source``: a model
-    already built from a HuBERT teacher) it copies the CNN, projection, positional conv and those layers
-    (DistilHuBERT initialises from its teacher the same way).
+    ``source`` is the model ``student.init`` names (a LightHuBERT checkpoint or a HuBERT teacher) and
+    ``source_subnet`` the subnet it runs; without one the student starts from ``model_spec`` at random.
+    ``distiller`` keeps the first ``layers`` layers and copies the CNN, projection, positional conv and those
+    layers from ``source`` (DistilHuBERT initialises from its teacher the same way).
     """
     from ..model.config import resolve_subnet
 
-    if init and source is None:
-        loaded = load_checkpoint(init)
-        source, init_subnet = build_supernet(loaded), loaded.default_subnet
-    else:
-        init_subnet = None if source is None else source.max_subnet()
     if student_type == "distiller":
         if source is not None:
             if layers > source.cfg.encoder_layers:
@@ -144,7 +140,7 @@ def ekd_backbone(student_type: str, init: Optional[str], model_spec: Any, layers
         return model, model.max_subnet()
     if source is not None:
         model = source
-        subnet = resolve_subnet(subnet_spec, init_subnet)
+        subnet = resolve_subnet(subnet_spec, source_subnet)
     else:
         model = init_weights(LightHuBERTSupernet(model_config_from(model_spec)), seed)
         subnet = resolve_subnet(subnet_spec, model.max_subnet())

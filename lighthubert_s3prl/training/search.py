@@ -39,7 +39,7 @@ from ..model.modules import conv_output_lengths
 from ..model.supernet import LightHuBERTSupernet
 from .config import TrainingConfig, apply_override, load_config, resolve_space, space_from_dict
 from .data import Batch, build_dataset, fixed_batches
-from .distill import TargetBuilder, normalised_input, student_frames
+from .distill import TargetBuilder, student_frames
 from .losses import distill_loss, frame_selection
 from .masking import sample_span_mask, step_generator
 from .models import SPACE_DEF_KEY
@@ -125,7 +125,7 @@ class ProxyEvaluator:
                     mask = sample_span_mask(conv_output_lengths(batch.lengths, self.model.cfg.conv_layers), frames,
                                             m.prob, m.length, m.min_spans, step_generator(seed, i)).to(device)
                     selected = frame_selection(valid, mask, cfg.loss.frames)
-                self.items.append((normalised_input(batch), padding, target, selected, mask))
+                self.items.append((batch.normalised(), padding, target, selected, mask))
         del teacher  # only the cached targets are needed from here on
         self.calls = 0
 

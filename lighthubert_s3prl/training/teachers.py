@@ -101,12 +101,8 @@ class LightHuBERTTeacher(Teacher):
         return cls(upstream.model, name)
 
     def run(self, batch: Batch) -> TeacherOutput:
-        # LightHuBERT was trained on per-utterance normalised waveforms; normalise the valid part only
-        wav = torch.zeros_like(batch.wav)
-        for i, n in enumerate(batch.lengths.tolist()):
-            wav[i, :n] = F.layer_norm(batch.wav[i, :n], (n,))
         mask = batch.padding_mask if bool(batch.padding_mask.any()) else None
-        out = self.model(wav.to(self.dtype), mask, padding_mode="exact")
+        out = self.model(batch.normalised().to(self.dtype), mask, padding_mode="exact")
         return TeacherOutput(out.hidden_states, out.layer_results, self.downsample_rate)
 
 
