@@ -429,3 +429,29 @@ def test_search_under_a_mac_budget():
     result = search(space, budget, lambda s: -sum(s.heads_num) / 100 + abs(s.embed_dim - 384) / 1000,
                     population=8, generations=3, seed=1)
     assert subnet_macs(result.best, ModelConfig(), 2.0) <= limit and result.best_score <= result.baseline_score
+
+
+def test_stage2_draw_per_process_by_default_or_per_update():
+    """per_rank (default, as the released code): processes and micro-batches of one update train different
+    subnets, reproducibly; per_rank false: every process and micro-batch of an update trains the same one."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from lighthubert_s3prl.training.config import resolve_space
+    from lighthubert_s3prl.training.distill import Stage2Task
+
+    from .test_training_fixtures import TINY_SPACE
+
+    cfg = load_config({"data": {"train": "synthetic"}, "teacher": "fbank", "student": {"init": "s1.pt"},
+                       "space": TINY_SPACE}, stage="stage2")
+    assert cfg.sampling.per_rank is True
+
+    def draws(cfg, rank, micro, steps=range(20)):
+        task = SimpleNamespace(cfg=cfg, rank=rank, space=resolve_space(cfg.space))
+        return [Stage2Task.subnets_for_step(task, step, micro)[0].to_dict() for step in steps]
+
+    per_process = [draws(cfg, rank, micro) for rank in (0, 1) for micro in (0, 1)]
+    assert all(a != b for i, a in enumerate(per_process) for b in per_process[i + 1:])  # 20 steps: never all alike
+    assert draws(cfg, 1, 1) == per_process[3]  # the same again: a resumed run draws what it drew before
+    shared = replace(cfg, sampling=replace(cfg.sampling, per_rank=False))
+    assert draws(shared, 0, 0) == draws(shared, 1, 0) == draws(shared, 1, 1)
