@@ -69,7 +69,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return cnn(wav)
         return go
 
-    variants = {"plain": lambda: ConvFeatureExtractor.forward(cnn, wav), "folded": run(None)}
+    variants = {"plain": lambda: ConvFeatureExtractor.forward(cnn, wav), "folded": run(0)}
     variants.update({f"folded, chunks of {c}": run(c) for c in chunks})
     with torch.inference_mode():
         reference = variants["plain"]()

@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:  # runnable from a checkout without installing the
 import torch  # noqa: E402
 
 from lighthubert_s3prl import hardware  # noqa: E402
+from lighthubert_s3prl.cpu_budget import LoadAwareThreads, choose_threads  # noqa: E402
 
 PEERS = ("s3prl", "supernet", "compact")
 PEER_LABELS = {
@@ -196,7 +197,10 @@ def timer_main(spec: Dict[str, Any]) -> None:
         if command == "run":
             start = time.perf_counter()
             out = run_peer(model, wavs, device)
-            print(json.dumps({"batch_s": time.perf_counter() - start}), flush=True)
+            elapsed = time.perf_counter() - start
+            chosen = getattr(model, "threads", None)  # ours: the load-aware choice of that forward
+            threads = chosen.threads if isinstance(chosen, LoadAwareThreads) else torch.get_num_threads()
+            print(json.dumps({"batch_s": elapsed, "threads": threads}), flush=True)
         elif command == "save":
             torch.save(out[-1].float().cpu(), arg)
             print(json.dumps({"saved": arg}), flush=True)
@@ -303,9 +307,11 @@ def max_diffs(outputs: Dict[str, List[torch.Tensor]], wavs: List[torch.Tensor]) 
 
 
 def time_peers(peers: List[str], spec_base: Dict[str, Any], args: argparse.Namespace,
-               prefix: Path) -> Tuple[Dict[str, List[float]], Dict[str, List[torch.Tensor]]]:
-    """Batch times of every peer (each in its own process, see ``--schedule``) and its last hidden state."""
+               prefix: Path) -> Tuple[Dict[str, List[float]], Dict[str, List[torch.Tensor]], Dict[str, List[int]]]:
+    """Batch times of every peer (each in its own process, see ``--schedule``), its last hidden state, and the
+    intra-op threads each timed forward ran with."""
     times: Dict[str, List[float]] = {peer: [] for peer in peers}
+    threads_used: Dict[str, List[int]] = {peer: [] for peer in peers}
     outputs: Dict[str, List[torch.Tensor]] = {}
     workers: Dict[str, PeerProcess] = {}
 
@@ -322,7 +328,10 @@ def time_peers(peers: List[str], spec_base: Dict[str, Any], args: argparse.Names
                 workers[peer] = PeerProcess({**spec_base, "peer": peer}, Path(f"{prefix}_{peer}.log"))
                 for _ in range(args.warmup):
                     workers[peer].ask("run")
-                times[peer] = [workers[peer].ask("run")["batch_s"] for _ in range(args.repeats)]
+                for _ in range(args.repeats):
+                    reply = workers[peer].ask("run")
+                    times[peer].append(reply["batch_s"])
+                    threads_used[peer].append(reply["threads"])
                 finish(peer)
         else:
             for peer in peers:
@@ -332,13 +341,15 @@ def time_peers(peers: List[str], spec_base: Dict[str, Any], args: argparse.Names
                     worker.ask("run")
             for _ in range(args.repeats):
                 for peer, worker in workers.items():
-                    times[peer].append(worker.ask("run")["batch_s"])
+                    reply = worker.ask("run")
+                    times[peer].append(reply["batch_s"])
+                    threads_used[peer].append(reply["threads"])
             for peer in peers:
                 finish(peer)
     finally:
         for worker in workers.values():
             worker.close()
-    return times, outputs
+    return times, outputs, threads_used
 
 
 def bench_subnet(subnet_name: str, args: argparse.Namespace, workdir: Path, wavs: List[torch.Tensor],
@@ -361,7 +372,7 @@ def bench_subnet(subnet_name: str, args: argparse.Namespace, workdir: Path, wavs
 
     print(f"[{subnet_name}] timing {', '.join(PEER_LABELS[p] for p in peers)}: {args.warmup} warm-up + "
           f"{args.repeats} runs each, schedule '{args.schedule}'", flush=True)
-    times, outputs = time_peers(peers, spec_base, args, workdir / f"timer_{subnet_name}")
+    times, outputs, _ = time_peers(peers, spec_base, args, workdir / f"timer_{subnet_name}")
     result["max_abs_diff"] = max_diffs(outputs, wavs)
 
     for peer in peers:
@@ -380,6 +391,97 @@ def bench_subnet(subnet_name: str, args: argparse.Namespace, workdir: Path, wavs
                 entry["forward_peak_mb_ratio_vs_s3prl"] = entry["forward_peak_mb"] / ref["forward_peak_mb"]
     result["compact_file_ratio"] = files["compact_bytes"] / files["supernet_bytes"]
     return result
+
+
+def batch_flops(subnet_name: str, wavs: List[torch.Tensor]) -> float:
+    """Useful FLOPs of one batch (2 x the analytic MACs of every utterance at its own length, no padding)."""
+    from lighthubert_s3prl.model.config import get_preset
+    from lighthubert_s3prl.model.cost import analytic_macs
+
+    subnet = get_preset(subnet_name)
+    return sum(2.0 * analytic_macs(subnet, seconds=len(w) / SAMPLE_RATE) for w in wavs)
+
+
+def bench_contention(subnet_name: str, args: argparse.Namespace, workdir: Path, wavs: List[torch.Tensor],
+                     levels: List[int]) -> Dict[str, Any]:
+    """s3prl's built-in against our compact path with 0, 1, 2 ... busy processes started beside them; at each
+    level also the machine's fp32 matmul rate, and our FLOP rate as a fraction of the quiet machine's."""
+    from lighthubert_s3prl.machine_load import BusyProcesses, matmul_gflops
+
+    files = prepare_files(subnet_name, args, workdir)
+    spec_base = {"ckpt": files["checkpoint"], "compact": files["compact"], "subnet": subnet_name,
+                 "device": args.device, "threads": args.threads, "batch": args.batch, "min_s": args.min_seconds,
+                 "max_s": args.max_seconds, "seed": args.seed}
+    peers = ["s3prl", "compact"]
+    memory = {}
+    if not args.no_memory:
+        for peer in peers:
+            print(f"[{subnet_name}] memory of {PEER_LABELS[peer]} (fresh process, no busy processes)", flush=True)
+            memory[peer] = measure_in_subprocess({**spec_base, "peer": peer})
+    flops = batch_flops(subnet_name, wavs)
+    rows = []
+    for level in levels:
+        print(f"[{subnet_name}] {level} busy process(es): timing {', '.join(PEER_LABELS[p] for p in peers)} "
+              f"({args.warmup} warm-up + {args.repeats} runs each, schedule '{args.schedule}') and the matmul rate",
+              flush=True)
+        with BusyProcesses(level) as busy:
+            time.sleep(0.5)  # let the scheduler spread them
+            load_before = _load_average()
+            gflops = matmul_gflops(args.threads)
+            times, _, threads_used = time_peers(peers, spec_base, args, workdir / f"timer_{subnet_name}_c{level}")
+            row = {"busy_processes": level, "busy_pids": busy.pids, "load_average": load_before,
+                   "matmul_gflops": gflops}
+        for peer in peers:
+            row[peer] = {"batch_s": statistics.median(times[peer]), "batch_s_runs": times[peer],
+                         "threads_runs": threads_used[peer]}
+        row["speedup_vs_s3prl"] = row["s3prl"]["batch_s"] / row["compact"]["batch_s"]
+        row["compact_gflops"] = flops / row["compact"]["batch_s"] / 1e9
+        rows.append(row)
+    quiet = next((r["matmul_gflops"] for r in rows if r["busy_processes"] == 0), None)
+    for row in rows:
+        row["compact_fraction_of_matmul_rate"] = row["compact_gflops"] / row["matmul_gflops"]
+        if quiet:
+            row["compact_fraction_of_quiet_matmul_rate"] = row["compact_gflops"] / quiet
+    return {"subnet": subnet_name, "batch_gflop": flops / 1e9, "memory": memory, "levels": rows, "files": files}
+
+
+def print_contention(results: Dict[str, Any]) -> None:
+    header = (f"{'subnet':<7} {'busy':>4} {'load avg':>9} {'s3prl s':>8} {'ours s':>8} {'ours threads':>12} {'ours vs s3prl':>13} "
+              f"{'ours GFLOP/s':>12} {'matmul GFLOP/s':>14} {'of matmul':>9} {'of quiet matmul':>15}")
+    print(header)
+    print("-" * len(header))
+    for name, res in results.items():
+        for row in res["levels"]:
+            load = "-" if not row["load_average"] else f"{row['load_average'][0]:.2f}"
+            quiet = row.get("compact_fraction_of_quiet_matmul_rate")
+            print(f"{name:<7} {row['busy_processes']:>4} {load:>9} {row['s3prl']['batch_s']:8.3f} "
+                  f"{row['compact']['batch_s']:8.3f} {_threads_used(row['compact']['threads_runs']):>12} "
+                  f"{row['speedup_vs_s3prl']:12.2f}x {row['compact_gflops']:12.1f} "
+                  f"{row['matmul_gflops']:14.1f} {row['compact_fraction_of_matmul_rate']:9.0%} "
+                  f"{'-' if quiet is None else format(quiet, '.0%'):>15}")
+        memory = res["memory"]
+        if memory:
+            print(f"{'':<7} peak memory (load + forward, no busy processes): s3prl {memory['s3prl']['peak_mb']:.0f} MB, "
+                  f"ours {memory['compact']['peak_mb']:.0f} MB ({memory['compact']['peak_mb'] / memory['s3prl']['peak_mb']:.0%})")
+        print(f"{'':<7} one batch: {res['batch_gflop']:.1f} GFLOP of useful work (analytic, unpadded)")
+
+
+def _threads_used(runs: List[int]) -> str:
+    """The thread counts our forwards ran with, e.g. ``2`` or ``1-2``."""
+    return str(runs[0]) if len(set(runs)) == 1 else f"{min(runs)}-{max(runs)}"
+
+
+def check_contention_targets(results: Dict[str, Any]) -> Dict[str, Any]:
+    """Ours >= 1.5x s3prl at every level; at level 0 at least 75 % of the matmul rate (reported, not enforced)."""
+    out = {}
+    for name, res in results.items():
+        for row in res["levels"]:
+            out[f"{name}, {row['busy_processes']} busy: ours >= 1.5x s3prl"] = {
+                "value": row["speedup_vs_s3prl"], "met": row["speedup_vs_s3prl"] >= 1.5}
+            if row["busy_processes"] == 0:
+                out[f"{name}, quiet: ours >= 75% of the matmul rate"] = {
+                    "value": row["compact_fraction_of_matmul_rate"], "met": row["compact_fraction_of_matmul_rate"] >= 0.75}
+    return out
 
 
 def print_table(results: Dict[str, Any], audio_s: float) -> None:
@@ -448,8 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'alone' (default, conservative): each peer's runs back to back in its own process, "
                              "one process at a time; 'interleaved': all peers' processes alive, alternating batch "
                              "by batch (s3prl's expert can run slower that way)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch.set_num_threads for every peer (default: all CPUs)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for every peer (default: the CPUs this process may use, from "
+                             "its affinity and cgroup quota)")
+    parser.add_argument("--contention", default=None,
+                        help="e.g. 0,1,2: time s3prl's built-in against our compact path with that many busy "
+                             "processes started beside them (stopped at the end, whatever happens), with the "
+                             "machine's fp32 matmul rate at each level; replaces the per-peer table")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
     parser.add_argument("--extra-dtypes", default="bfloat16",
                         help="also time our compact path in these dtypes (comma-separated: bfloat16, float16; "
@@ -488,7 +595,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     errors += [f"--extra-dtypes: {d!r} is not one of bfloat16, float16" for d in extra if d not in ("bfloat16", "float16")]
     if args.device == "cuda" and not torch.cuda.is_available():
         errors.append("--device cuda was asked for but no CUDA GPU is available")
-    if args.batch < 1 or args.repeats < 1 or args.warmup < 0 or args.threads < 1:
+    levels: List[int] = []
+    if args.contention is not None:
+        try:
+            levels = [int(x) for x in args.contention.split(",") if x.strip()]
+        except ValueError:
+            levels = [-1]
+        if not levels or min(levels) < 0:
+            errors.append(f"--contention {args.contention!r}: give busy-process counts, e.g. 0,1,2")
+    if args.batch < 1 or args.repeats < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
         errors.append("--batch, --repeats and --threads must be at least 1 and --warmup at least 0")
     if not 0 < args.min_seconds <= args.max_seconds:
         errors.append("need 0 < --min-seconds <= --max-seconds")
@@ -499,6 +614,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"benchmark_upstream: error: {e}", file=sys.stderr)
         return 2
 
+    threads = choose_threads(1, args.threads)
+    args.threads = threads.threads
     torch.set_num_threads(args.threads)
     peers = list(PEERS) + [f"compact-{d}" for d in extra]
     wavs = [w.to(args.device) for w in make_batch(args.batch, args.min_seconds, args.max_seconds, args.seed)]
@@ -519,6 +636,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.device == "cuda":
         meta["gpu"] = torch.cuda.get_device_name()
     print(f"cpu: {hardware.describe_cpu()}", flush=True)
+    print(f"threads: {threads.reason}", flush=True)
     for dtype in extra:
         reason = hardware.slow_dtype_reason(getattr(torch, dtype), args.device)
         if reason:
@@ -535,11 +653,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         tmp = tempfile.mkdtemp(prefix="lighthubert_bench_")
         workdir = Path(tmp)
     try:
-        results = {name: bench_subnet(name, args, workdir, wavs, peers) for name in subnets}
+        if levels:
+            results = {name: bench_contention(name, args, workdir, wavs, levels) for name in subnets}
+        else:
+            results = {name: bench_subnet(name, args, workdir, wavs, peers) for name in subnets}
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     meta["load_average_end"] = _load_average()
+    if levels:
+        print()
+        print_contention(results)
+        targets = check_contention_targets(results)
+        print("\ntargets (CPU under contention):")
+        for name, t in targets.items():
+            value = f"{t['value']:.2f}x" if "s3prl" in name else f"{t['value']:.0%}"
+            print(f"  {'met    ' if t['met'] else 'MISSED '} {name}: {value}")
+        atomic_write_text(args.json, json.dumps({"meta": meta, "contention": results, "targets": targets}, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+        return 0
     print()
     print_table(results, audio_s)
     targets = check_targets(results)

@@ -5,7 +5,7 @@ Every ``import`` and ``from ... import`` in every module counts, including those
 resolved, and ``from package import name`` points at ``package.name`` when that is a module. The layers,
 bottom first (docs/architecture.md explains what lives where):
 
-    utilities  io_utils, hardware (import nothing from the package)
+    utilities  io_utils, hardware, cpu_budget, machine_load (import nothing from the package)
     model      model/ and the top-level package, which re-exports the config API and holds __version__
     upstream   upstream/ and the root run_downstream module, kept because users type its path
     superb, training   side by side: each may use the layers below, never the other
@@ -30,7 +30,8 @@ RANK: Dict[str, int] = {"utilities": 0, "model": 1, "upstream": 2, "superb": 3, 
 SUBPACKAGE_LAYER: Dict[str, str] = {"model": "model", "upstream": "upstream", "superb": "superb",
                                     "training": "training", "commands": "commands"}
 # root modules, by name relative to the package ("" is the package's own __init__)
-ROOT_LAYER: Dict[str, str] = {"io_utils": "utilities", "hardware": "utilities", "": "model",
+ROOT_LAYER: Dict[str, str] = {"io_utils": "utilities", "hardware": "utilities", "cpu_budget": "utilities",
+                              "machine_load": "utilities", "": "model",
                               "run_downstream": "upstream", "__main__": "commands", "cli": "commands"}
 # installed from downstream_configs/ by setup.py: YAML and text files, no code
 DATA_PACKAGES = ("downstream_configs",)

@@ -388,6 +388,40 @@ def test_profile_errors_are_clear(tiny_ckpt, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------------- benchmark
+def test_benchmark_contention_smoke(small_ckpt, tmp_path):
+    """--contention: per level the busy processes ran beside the peers and are gone afterwards; the ratio, our
+    FLOP rate and its fraction of the matmul rate follow from the stored times and the analytic cost."""
+    from lighthubert_s3prl.model.config import get_preset
+    from lighthubert_s3prl.model.cost import analytic_macs
+
+    from .test_machine_load import running
+
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark_upstream.py"), "--quick", "--threads", "1",
+           "--checkpoint-dir", str(small_ckpt.parent), "--workdir", str(tmp_path / "work"), "--json", str(out),
+           "--contention", "0,1", "--no-memory"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ours vs s3prl" in proc.stdout and "of matmul" in proc.stdout and "targets (CPU under contention)" in proc.stdout
+    data = json.loads(out.read_text())
+    small = data["contention"]["small"]
+    flops = sum(2.0 * analytic_macs(get_preset("small"), seconds=s) for s in data["meta"]["batch_seconds"])
+    assert small["batch_gflop"] == pytest.approx(flops / 1e9, rel=1e-3)
+    levels = small["levels"]
+    assert [row["busy_processes"] for row in levels] == [0, 1]
+    assert levels[0]["busy_pids"] == [] and len(levels[1]["busy_pids"]) == 1
+    assert not running(levels[1]["busy_pids"][0])
+    for row in levels:
+        assert row["speedup_vs_s3prl"] == pytest.approx(row["s3prl"]["batch_s"] / row["compact"]["batch_s"])
+        assert row["compact_gflops"] == pytest.approx(flops / row["compact"]["batch_s"] / 1e9, rel=1e-3)
+        assert row["compact_fraction_of_matmul_rate"] == pytest.approx(row["compact_gflops"] / row["matmul_gflops"])
+        assert row["compact_fraction_of_quiet_matmul_rate"] == pytest.approx(row["compact_gflops"] / levels[0]["matmul_gflops"])
+    assert set(data["targets"]) == {"small, 0 busy: ours >= 1.5x s3prl", "small, 1 busy: ours >= 1.5x s3prl",
+                                    "small, quiet: ours >= 75% of the matmul rate"}
+    bad = subprocess.run(cmd[:-3] + ["--contention", "0,-1"], env=_env(), capture_output=True, text=True)
+    assert bad.returncode == 2 and "--contention '0,-1'" in bad.stderr
+
+
 @pytest.mark.parametrize("schedule", ["alone", "interleaved"])
 def test_benchmark_quick_smoke(small_ckpt, tmp_path, schedule):
     out = tmp_path / "bench.json"

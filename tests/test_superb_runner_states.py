@@ -795,7 +795,8 @@ def test_run_goes_through_units_in_order_and_handles_a_failure(fail_fast, fake, 
     root = fake.root
     failing_unit(fake, "ic", monkeypatch)
     caplog.set_level(logging.INFO, logger=RUNNER_LOGGER)
-    outcomes = make_runner(root, ["pr", "ic", "ks"], fail_fast=fail_fast).run()
+    runner = make_runner(root, ["pr", "ic", "ks"], fail_fast=fail_fast)
+    outcomes = runner.run()
     ran = ["pr", "ic"] if fail_fast else ["pr", "ic", "ks"]
     assert [(o.unit, o.status) for o in outcomes] == [
         ("pr", "done"), ("ic", "failed"), ("ks", "done")][:len(ran)]
@@ -808,7 +809,9 @@ def test_run_goes_through_units_in_order_and_handles_a_failure(fail_fast, fake, 
     assert fake.calls == expected_calls
     summary = json.loads((root / report.SUMMARY_JSON).read_text())
     assert [(u["unit"], u["status"]) for u in summary["units"]] == [(o.unit, o.status) for o in outcomes]
-    progress = [("INFO", f"[{i}/3] {name}") for i, name in enumerate(ran, 1)]
+    # the thread choice first (CPU runs), then the units
+    progress = [("INFO", f"threads: {runner.launcher.threads.reason}")]
+    progress += [("INFO", f"[{i}/3] {name}") for i, name in enumerate(ran, 1)]
     if fail_fast:
         progress.append(("ERROR", "stopping after the first failure (--fail-fast)"))
     assert log_lines(caplog, "runner.py") == progress

@@ -14,14 +14,16 @@ from typing import Dict, List, Optional
 
 import torch
 
+from ..cpu_budget import LoadAwareThreads, choose_threads
 from ..hardware import describe_cpu, slow_dtype_reason
 from ..model.config import ConfigError, ModelConfig, SubnetConfig, count_parameters, preset_names, resolve_subnet
 from ..model.cost import SAMPLE_RATE, frame_counts, macs_breakdown
 
 
 def measure_rtf(model: torch.nn.Module, seconds: float, device: str = "cpu", repeats: int = 3,
-                warmup: int = 1, seed: int = 0) -> Dict[str, float]:
-    """Median wall time of the compact model on one random utterance; RTF = time / audio duration."""
+                warmup: int = 1, seed: int = 0, threads: Optional[LoadAwareThreads] = None) -> Dict[str, float]:
+    """Median wall time of the compact model on one random utterance; RTF = time / audio duration. With
+    ``threads`` each CPU run takes its thread count from it, as the upstream's forwards do."""
     gen = torch.Generator().manual_seed(seed)
     wav = torch.randn(int(round(seconds * SAMPLE_RATE)), generator=gen).to(device)
     times = []
@@ -30,7 +32,11 @@ def measure_rtf(model: torch.nn.Module, seconds: float, device: str = "cpu", rep
             if device == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            model.forward_utterances([wav])
+            if threads is not None and device == "cpu":
+                with threads.applied():
+                    model.forward_utterances([wav])
+            else:
+                model.forward_utterances([wav])
             if device == "cuda":
                 torch.cuda.synchronize()
             if i >= warmup:
@@ -63,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to time it (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="compute dtype for the timing (default float32)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: the CPUs this process may use, from its affinity and "
+                             "cgroup quota)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up (default 3)")
     parser.add_argument("--no-timing", action="store_true", help="only count parameters and MACs")
     return parser
@@ -81,10 +89,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise ConfigError(f"--repeats must be at least 1, got {args.repeats}")
         if args.device == "cuda" and not torch.cuda.is_available() and not args.no_timing:
             raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
+        if args.threads is not None and args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        threads = choose_threads(1, args.threads)
+        torch.set_num_threads(threads.threads)
         if args.ckpt:
             loaded = load_checkpoint(args.ckpt)
             model_cfg = loaded.model_cfg
@@ -121,13 +129,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     model = model.to(device=args.device, dtype=dtype).eval()
     if args.device == "cpu":
         print(f"cpu:         {describe_cpu()}")
+        print(f"threads:     {threads.reason}")
     reason = slow_dtype_reason(dtype, args.device)
     if reason:
         print(f"note:        {reason}")
     with warnings.catch_warnings():  # said once above; the model's own warning would repeat it
         warnings.simplefilter("ignore", RuntimeWarning)
-        timing = measure_rtf(model, args.seconds, args.device, args.repeats)
-    threads = f", {torch.get_num_threads()} threads" if args.device == "cpu" else ""
+        load_aware = LoadAwareThreads() if args.device == "cpu" else None
+        timing = measure_rtf(model, args.seconds, args.device, args.repeats, threads=load_aware)
+    if load_aware is not None:
+        used = load_aware.threads or torch.get_num_threads()
+        chunk = model.feature_extractor.chunk_for(used)
+        print(f"cpu mode:    {load_aware.describe()} of {torch.get_num_threads()}, as the upstream chooses per forward "
+              f"(cpu_threads: fixed turns it off); CNN in chunks of {chunk} frames at {used} thread(s)")
+    threads = f", {load_aware.threads or torch.get_num_threads()} threads" if args.device == "cpu" else ""
     print(f"real-time factor: {timing['rtf']:.4f} on {args.device} ({args.dtype}{threads}; median of "
           f"{timing['runs']} runs: {timing['seconds_per_run']:.3f} s per {args.seconds:g} s of audio; "
           f"{1 / timing['rtf']:.1f}x faster than real time)")

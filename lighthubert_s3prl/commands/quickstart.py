@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from lighthubert_s3prl.cpu_budget import choose_threads
+
 LOG = logging.getLogger("lighthubert_s3prl.commands.quickstart")
 
 DEFAULT_TASKS = "ks,ic,er"
@@ -170,13 +172,13 @@ def ranking_line(table) -> str:
 
 
 def run_quickstart(workdir: Path, tasks: str = DEFAULT_TASKS, preset: str = "mini", seed: int = 0,
-                   steps: Optional[int] = None, threads: Optional[int] = 1, er_folds: Optional[str] = "1",
+                   steps: Optional[int] = None, threads: Optional[int] = None, er_folds: Optional[str] = "1",
                    corpus: Optional[Path] = None, jobs: int = 2, rows: Optional[str] = None,
                    distil_steps: Optional[int] = None, scale: str = "mini") -> Dict[str, object]:
     """Run every step; returns the paths and outcomes (raises RunnerError/CorpusError on bad input)."""
     from lighthubert_s3prl.superb import collect as collect_mod
     from lighthubert_s3prl.superb.corpus import make_corpus
-    from lighthubert_s3prl.superb.options import RunOptions, parse_folds, parse_task_list
+    from lighthubert_s3prl.superb.options import RunnerError, RunOptions, parse_folds, parse_task_list
     from lighthubert_s3prl.superb.report import format_summary
     from lighthubert_s3prl.superb.runner import SuperbRunner
 
@@ -200,6 +202,10 @@ def run_quickstart(workdir: Path, tasks: str = DEFAULT_TASKS, preset: str = "min
 
     LOG.info("step 3/4: %s scale of %s for %s, %d at a time", scale, ",".join(task_list),
              ", ".join(r.key for r in chosen), jobs)
+    if threads is not None and threads < 1:
+        raise RunnerError(f"--threads must be at least 1, got {threads}")
+    threads = choose_threads(jobs, threads)
+    LOG.info("threads: %s", threads.reason)
     sets = shortened(task_list, steps)
     folds = parse_folds(er_folds) if "er" in task_list else []
 
@@ -208,7 +214,7 @@ def run_quickstart(workdir: Path, tasks: str = DEFAULT_TASKS, preset: str = "min
         return SuperbRunner(RunOptions(
             upstream=row.upstream, tasks=[task], ckpt=None if ckpt is None else str(ckpt),
             exp_root=workdir / "exp" / row.key, data={task: {"root": str(corpus_dir)}}, scale=scale,
-            sets={task: sets[task]}, er_folds=folds, threads=threads, seed=1 + seed))
+            sets={task: sets[task]}, er_folds=folds, threads=threads.threads, seed=1 + seed))
 
     outcomes_by_job = run_rows([(r, t) for t in task_list for r in chosen], make_runner, jobs)
     outcomes = [o for r in chosen for t in task_list for o in outcomes_by_job[(r.key, t)]]
@@ -257,8 +263,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--steps", type=int, help="training steps per task (default: the scale's)")
     parser.add_argument("--distil-steps", type=int, help="distillation steps (default: configs/train/stage1_mini.yaml)")
     parser.add_argument("--jobs", type=int, default=2, help="s3prl processes at a time (default 2)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per s3prl process (default 1: faster than more on a busy 2-core machine)")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads per s3prl process (default: the CPUs this process may use, from its "
+                             "affinity and cgroup quota, divided among the --jobs processes)")
     parser.add_argument("--corpus", type=Path, help="use an existing corpus folder instead of WORKDIR/corpus")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
@@ -267,7 +274,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         result = run_quickstart(Path(args.workdir), args.tasks, args.preset, args.seed, args.steps,
-                                args.threads or None, args.er_folds, args.corpus, args.jobs, args.rows,
+                                args.threads, args.er_folds, args.corpus, args.jobs, args.rows,
                                 args.distil_steps, args.scale)
     except (RunnerError, CorpusError) as err:
         print(f"lighthubert-s3prl quickstart: error: {err}", file=sys.stderr)

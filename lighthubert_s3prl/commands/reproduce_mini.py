@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from lighthubert_s3prl.cpu_budget import choose_threads
+
 from .quickstart import Row, ensure_random_checkpoint, pick_rows, run_rows, shortened, train_once
 
 LOG = logging.getLogger("lighthubert_s3prl.commands.reproduce_mini")
@@ -88,8 +90,10 @@ def _write_subnet(path: Path, subnet, note: str) -> None:
     atomic_write_text(path, yaml.safe_dump({"subnet": subnet.to_dict(), "note": note}, sort_keys=False))
 
 
-def prepare_subnets(out: Path, stage2: Path, corpus: Path, seed: int, population: int, generations: int) -> Dict[str, Path]:
-    """The default / largest / smallest subnets of the stage-2 space and two searched ones, as -g files."""
+def prepare_subnets(out: Path, stage2: Path, corpus: Path, seed: int, population: int, generations: int,
+                    searches: Sequence[str] = ("search_same", "search_small")) -> Dict[str, Path]:
+    """The default / largest / smallest subnets of the stage-2 space and the searched ones the rows use, as -g
+    files (a search costs minutes: it runs only when a chosen row needs its subnet)."""
     from lighthubert_s3prl.model.checkpoint import load_checkpoint
     from lighthubert_s3prl.model.config import count_parameters
     from lighthubert_s3prl.training import search
@@ -105,6 +109,8 @@ def prepare_subnets(out: Path, stage2: Path, corpus: Path, seed: int, population
     min_params = count_parameters(space.min_subnet(), loaded.model_cfg)
     budgets = {"search_same": default_params, "search_small": (default_params + min_params) // 2}
     for key, budget in budgets.items():
+        if key not in searches:
+            continue
         files[key] = folder / f"{key}.yaml"
         if files[key].is_file():
             LOG.info("search %s: %s exists, reusing", key, files[key])
@@ -207,7 +213,8 @@ def run_reproduce_mini(out: Path, tasks: str = DEFAULT_TASKS, seeds: Sequence[in
                                  ([f"train.steps={stage2_steps}"] if stage2_steps else []),
                                  out / "checkpoints" / "stage2.pt", "stage2", again)
     LOG.info("step 4/6: subnets and search")
-    subnets = prepare_subnets(out, ckpts["stage2"], corpus, corpus_seed, population, generations)
+    subnets = prepare_subnets(out, ckpts["stage2"], corpus, corpus_seed, population, generations,
+                              [v.subnet for v in chosen if v.subnet and v.subnet.startswith("search")])
 
     LOG.info("step 5/6: %s scale of %s for %d rows x seeds %s, %d at a time", scale, ",".join(task_list),
              len(chosen), ",".join(map(str, seeds)), jobs)
@@ -215,6 +222,8 @@ def run_reproduce_mini(out: Path, tasks: str = DEFAULT_TASKS, seeds: Sequence[in
     folds = parse_folds(er_folds) if "er" in task_list else []
     # one runner root per row and seed; run_rows keeps two jobs of one root apart
     plan = {f"{v.key}/seed{s}": (v, s) for s in seeds for v in chosen}
+    threads = choose_threads(jobs)
+    LOG.info("threads: %s", threads.reason)
 
     def make_runner(job: Row, task: str) -> SuperbRunner:
         variant, seed = plan[job.key]
@@ -223,7 +232,7 @@ def run_reproduce_mini(out: Path, tasks: str = DEFAULT_TASKS, seeds: Sequence[in
             upstream=job.upstream, tasks=[task], ckpt=ckpt,
             subnet=None if variant.subnet is None else str(subnets[variant.subnet]),
             exp_root=out / "exp" / job.key, data={task: {"root": str(corpus)}}, scale=scale, sets={task: sets[task]},
-            er_folds=folds, threads=1, seed=seed))
+            er_folds=folds, threads=threads.threads, seed=seed))
 
     jobs_list = [(Row(f"{v.key}/seed{s}", v.name, "fbank" if v.checkpoint is None else "lighthubert_local", None), t)
                  for s in seeds for t in task_list for v in chosen]

@@ -11,7 +11,8 @@ float32 rounding, less work and far less memory:
   second of audio, the largest tensor of the model).
 * **Chunking.** Once that utterance-wide statistic is gone, every output frame depends only on its own
   window of samples (the receptive field, 400 samples for the standard layers). So on CPU the waveform is
-  cut into overlapping segments of ``chunk_frames`` output frames, and each segment runs through all the
+  cut into overlapping segments of output frames (1 s at one thread; 4 s at several, so that a busy machine
+  does not multiply the waits of many small parallel regions), and each segment runs through all the
   layers while its activations still sit in the CPU caches. The overlap recomputes under 1 % of the work;
   the full-length activations of the early layers (tens of MB for a 15 s utterance) are never allocated
   (``scripts/benchmark_cnn.py``: on 2 cores, folding makes the CNN 1.14x faster, folding and chunking 1.38x). Chunk borders fall on multiples of the total
@@ -42,11 +43,25 @@ def receptive_field_and_hop(conv_layers: Sequence[Tuple[int, int, int]]) -> Tupl
 class FoldedConvFeatureExtractor(ConvFeatureExtractor):
     """:class:`ConvFeatureExtractor` for inference: GroupNorm folded into conv 0, chunked on CPU."""
 
-    #: output frames per chunk on CPU. 50 frames (1 s of audio) keeps the early activations within the CPU
-    #: caches and every allocation small enough for the C allocator to reuse instead of returning it to the
-    #: OS (longer chunks made each chunk page-fault its memory afresh); the overlap recomputes under 1 %.
-    #: ``None`` runs the whole input at once everywhere.
-    chunk_frames: Optional[int] = 50
+    #: output frames per chunk on CPU; ``None`` picks by the intra-op thread count at the call, ``0`` runs
+    #: the whole input at once everywhere, a number is used as it is.
+    chunk_frames: Optional[int] = None
+    #: one thread: 50 frames (1 s of audio) keep the early activations within the CPU caches and every
+    #: allocation small enough for the C allocator to reuse instead of returning it to the OS (longer chunks
+    #: made each chunk page-fault its memory afresh); the overlap recomputes under 1 %.
+    SINGLE_THREAD_CHUNK = 50
+    #: several threads: every layer of every chunk is a parallel region that waits for its slowest thread,
+    #: and when another process takes a CPU that wait multiplies by the number of regions. With 50-frame
+    #: chunks the small subnet fell to 1.0-1.2x s3prl's speed under one or two busy processes (2 threads,
+    #: docs/performance.md); 4 s chunks ran as fast as the whole input, quiet or busy, and still bound the
+    #: early activations of long utterances (a 15 s one: 26 MB instead of 98 MB at layer 0).
+    PARALLEL_CHUNK = 200
+
+    def chunk_for(self, threads: int) -> int:
+        """Output frames per chunk at ``threads`` intra-op threads (0: the whole input at once)."""
+        if self.chunk_frames is not None:
+            return self.chunk_frames
+        return self.SINGLE_THREAD_CHUNK if threads <= 1 else self.PARALLEL_CHUNK
 
     def forward(self, wav: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, L) samples to (B, C, T) features; ``lengths`` as in the base class.
@@ -58,8 +73,8 @@ class FoldedConvFeatureExtractor(ConvFeatureExtractor):
         first = self._first_layer(wav, lengths)
         field, hop = receptive_field_and_hop(self.conv_spec)
         frames = (wav.size(-1) - field) // hop + 1
-        N = self.chunk_frames
-        if N is None or wav.device.type != "cpu" or frames <= N:
+        N = self.chunk_for(torch.get_num_threads())
+        if N <= 0 or wav.device.type != "cpu" or frames <= N:
             return self._later_layers(first(wav))
         out = None
         for start in range(0, frames, N):

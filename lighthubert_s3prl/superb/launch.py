@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
 
+from lighthubert_s3prl.cpu_budget import choose_threads
+
 from .options import RunnerError, RunOptions
 from .units import Unit, now_iso, tasks_module
 
@@ -24,6 +26,8 @@ class Launcher:
     def __init__(self, opts: RunOptions, configs: Path) -> None:
         self.opts = opts
         self.configs = configs
+        # units run one at a time: each process gets every available CPU unless told otherwise
+        self.threads = choose_threads(1, opts.threads)
 
     def _launcher(self, distributed: bool) -> List[str]:
         if distributed and self.opts.gpus > 1:
@@ -74,9 +78,8 @@ class Launcher:
         env["PYTHONUNBUFFERED"] = "1"  # result lines reach the log in order with tqdm's stderr
         if not self.opts.stream:
             env.setdefault("TQDM_MININTERVAL", "10")  # keep logs of 200k-step runs small
-        if self.opts.threads:
-            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-                env[var] = str(self.opts.threads)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(self.threads.threads)
         from lighthubert_s3prl.upstream.feature_cache import ENV_CACHE_MB, SMALL_SCALE_CACHE_MB
 
         if self.opts.feature_cache_mb is not None:

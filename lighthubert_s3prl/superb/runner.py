@@ -187,6 +187,8 @@ class SuperbRunner:
         todo = [u for u in self.units if unit_is_done(u) is None]
         self.root.mkdir(parents=True, exist_ok=True)
         self.build_configs(sorted({u.task for u in todo}, key=TASK_ORDER.index))
+        if todo and self.opts.device == "cpu":
+            LOG.info("threads: %s", self.launcher.threads.reason)
         self.write_manifest()
         outcomes: List[Outcome] = []
         for i, unit in enumerate(self.units, 1):
@@ -252,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "it). Default: 1 if CUDA is available, else 0")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when --gpus > 0, else cpu")
     parser.add_argument("--seed", type=int, help="s3prl --seed (s3prl's default 1337)")
-    parser.add_argument("--threads", type=int, help="OMP/MKL threads per s3prl process")
+    parser.add_argument("--threads", type=int, help="OMP/MKL threads per s3prl process (default: the CPUs this "
+                        "process may use, from its affinity and cgroup quota)")
     parser.add_argument("--feature-cache-mb", type=float, metavar="MB",
                         help="keep a frozen LightHuBERT upstream's features of each utterance seen, up to MB per "
                              "s3prl process, instead of computing them every epoch (CPU only; exact). Default: "

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
+from ..cpu_budget import LoadAwareThreads
 from ..model.checkpoint import build_supernet, load_checkpoint
 from ..model.compact import CompactLightHuBERT, build_compact
 from ..model.config import ConfigError, count_parameters, resolve_subnet
@@ -26,9 +27,10 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 IMPLEMENTATIONS = ("compact", "supernet")
+CPU_THREADS = ("load_aware", "fixed")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-_OPTION_KEYS = ("subnet", "implementation", "padding_mode", "dtype", "feature_cache_mb")
+_OPTION_KEYS = ("subnet", "implementation", "padding_mode", "dtype", "feature_cache_mb", "cpu_threads")
 
 
 @dataclass
@@ -41,7 +43,9 @@ class UpstreamOptions:
     utterance as if alone) or ``reference`` (bit-for-bit the original batching behaviour).
     ``feature_cache_mb``: keep the hidden states of utterances already seen, up to this many MB, and reuse them
     while the upstream is frozen (eval mode, no gradients; ``exact`` padding on the CPU); None reads
-    ``LIGHTHUBERT_S3PRL_FEATURE_CACHE_MB``, 0 turns it off.
+    ``LIGHTHUBERT_S3PRL_FEATURE_CACHE_MB``, 0 turns it off. ``cpu_threads``: ``load_aware`` (default) runs each
+    CPU forward with the process's threads less the CPUs other processes kept busy since the last forward
+    (see :class:`~lighthubert_s3prl.cpu_budget.LoadAwareThreads`), ``fixed`` with the process's threads as set.
     """
 
     subnet: Any = None
@@ -49,6 +53,7 @@ class UpstreamOptions:
     padding_mode: str = "exact"
     dtype: str = "float32"
     feature_cache_mb: Optional[float] = None
+    cpu_threads: str = "load_aware"
 
     @classmethod
     def from_file(cls, path: Union[str, Path]) -> "UpstreamOptions":
@@ -89,6 +94,8 @@ class UpstreamOptions:
         if self.feature_cache_mb is not None and not (isinstance(self.feature_cache_mb, (int, float))
                                                       and self.feature_cache_mb >= 0):
             raise ConfigError(f"feature_cache_mb={self.feature_cache_mb!r}; give a size in MB (0 turns the cache off)")
+        if self.cpu_threads not in CPU_THREADS:
+            raise ConfigError(f"cpu_threads={self.cpu_threads!r}; allowed values: {list(CPU_THREADS)}")
 
 
 def normalised(wav: torch.Tensor) -> torch.Tensor:
@@ -117,12 +124,13 @@ class UpstreamExpert(nn.Module):
         padding_mode: Optional[str] = None,
         dtype: Optional[str] = None,
         feature_cache_mb: Optional[float] = None,
+        cpu_threads: Optional[str] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         options = UpstreamOptions.from_file(model_config) if model_config else UpstreamOptions()
         for key, value in (("subnet", subnet), ("implementation", implementation), ("padding_mode", padding_mode),
-                           ("dtype", dtype), ("feature_cache_mb", feature_cache_mb)):
+                           ("dtype", dtype), ("feature_cache_mb", feature_cache_mb), ("cpu_threads", cpu_threads)):
             if value is not None:
                 setattr(options, key, value)
         options.validate()
@@ -156,6 +164,7 @@ class UpstreamExpert(nn.Module):
         except ValueError as err:
             raise ConfigError(str(err)) from None
         self.feature_cache = FeatureCache(int(cache_mb * 2**20)) if cache_mb > 0 else None
+        self.threads = LoadAwareThreads() if options.cpu_threads == "load_aware" else None
         logger.info("LightHuBERT %s subnet (%s parameters): %s", options.implementation, f"{self.num_parameters:,}",
                     self.subnet.describe())
 
@@ -163,6 +172,12 @@ class UpstreamExpert(nn.Module):
         return self.model.downsample_rate
 
     def forward(self, wavs: List[torch.Tensor]) -> Dict[str, Any]:
+        if self.threads is not None and len(wavs) > 0 and wavs[0].device.type == "cpu":
+            with self.threads.applied():
+                return self._forward(wavs)
+        return self._forward(wavs)
+
+    def _forward(self, wavs: List[torch.Tensor]) -> Dict[str, Any]:
         on_cpu = len(wavs) > 0 and wavs[0].device.type == "cpu"
         by_utterance = isinstance(self.model, CompactLightHuBERT) and self.options.padding_mode == "exact" and on_cpu
         if by_utterance and self.feature_cache is not None and not self.training and not torch.is_grad_enabled():

@@ -83,7 +83,7 @@ _GITATTRIBUTES = "".join(f"{pattern} filter=lfs diff=lfs merge=lfs -text\n"
 #: package; copied into a hidden-set folder so it runs without this package (tests/test_architecture.py
 #: checks that the list is closed under imports)
 INFERENCE_MODULES = (
-    "__init__.py", "io_utils.py", "hardware.py",
+    "__init__.py", "io_utils.py", "hardware.py", "cpu_budget.py",
     "model/__init__.py", "model/config.py", "model/modules.py", "model/fast_cnn.py", "model/supernet.py",
     "model/compact.py", "model/checkpoint.py",
     "upstream/__init__.py", "upstream/expert.py", "upstream/feature_cache.py",
