@@ -36,11 +36,12 @@ def test_reproduce_mini_runs_every_row_and_resumes(superb_corpus, tmp_path, caps
         "stage1_cut": ("stage1.pt", "default"), "stage2_max": ("stage2.pt", "max"),
         "stage2_default": ("stage2.pt", "default"), "stage2_min": ("stage2.pt", "min"),
         "search_same": ("stage2.pt", "search_same"), "search_small": ("stage2.pt", "search_small"),
-        "teacher": (None, None)}
+        "teacher": (None, None), "fbank_no_cmvn": (None, None)}
+    weight_free = {"teacher": "fbank", "fbank_no_cmvn": "fbank_no_cmvn"}  # s3prl's upstream of each such row
     for row, (ckpt, subnet) in expected.items():
         root = out / "exp" / row / "seed1"
         manifest = json.loads((root / "run_superb.json").read_text())
-        assert manifest["upstream"] == ("fbank" if row == "teacher" else "lighthubert_local"), row
+        assert manifest["upstream"] == weight_free.get(row, "lighthubert_local"), row
         assert (manifest["ckpt"] and manifest["ckpt"].endswith(ckpt)) if ckpt else manifest["ckpt"] is None, row
         assert manifest["subnet"] == (str(out / "subnets" / f"{subnet}.yaml") if subnet else None), row
         assert (root / "ks" / units.DONE_FILE).is_file(), row
@@ -50,7 +51,7 @@ def test_reproduce_mini_runs_every_row_and_resumes(superb_corpus, tmp_path, caps
     assert "KS stage1-random" in claims[0] and "KS stage2_default-stage1_cut" in claims[1]
     results = out / "results"
     report = json.loads((results / "reproduce_mini.json").read_text())
-    assert set(report["rows"]) == set(expected) and report["params_m"]["teacher"] == 0.0
+    assert set(report["rows"]) == set(expected) and report["params_m"]["teacher"] == report["params_m"]["fbank_no_cmvn"] == 0.0
     assert report["params_m"]["stage2_min"] < report["params_m"]["stage2_default"] < report["params_m"]["stage2_max"]
     assert (results / "reproduce_mini.png").stat().st_size > 1000 and (results / "reproduce_mini.md").is_file()
 

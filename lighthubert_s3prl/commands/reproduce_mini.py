@@ -16,7 +16,9 @@ row                what runs
 ``stage2_min``
 ``search_same``    the subnet searched under the default subnet's parameter count
 ``search_small``   the subnet searched under a budget halfway between the smallest and default
-``teacher``        the teacher itself (s3prl's ``fbank``)
+``teacher``        the teacher itself (s3prl's ``fbank``: per-utterance CMVN makes its mean-pooled
+                   features zero, so pooled tasks sit at chance)
+``fbank_no_cmvn``  the same features without CMVN, the instrument's known-good reference row
 =================  =========================================================================
 
 Every step keeps its output (checkpoints, subnets, runner roots ``OUT/exp/<row>/seed<N>``), so running it
@@ -50,6 +52,7 @@ class Variant:
     name: str
     checkpoint: Optional[str]  # "random", "stage1", "stage2"; None: an s3prl upstream with no weights of ours
     subnet: Optional[str]  # a file under OUT/subnets, or None for the checkpoint's own
+    upstream: str = "lighthubert_local"  # what run_superb runs (s3prl's name for the weight-free rows)
 
 
 VARIANTS: Tuple[Variant, ...] = (
@@ -61,7 +64,8 @@ VARIANTS: Tuple[Variant, ...] = (
     Variant("stage2_min", "stage 2, smallest subnet", "stage2", "min"),
     Variant("search_same", "stage 2, searched at the default's size", "stage2", "search_same"),
     Variant("search_small", "stage 2, searched at a smaller size", "stage2", "search_small"),
-    Variant("teacher", "the teacher (fbank)", None, None),
+    Variant("teacher", "the teacher (fbank)", None, None, "fbank"),
+    Variant("fbank_no_cmvn", "fbank without CMVN (reference feature)", None, None, "fbank_no_cmvn"),
 )
 
 
@@ -165,7 +169,7 @@ def draw_figure(rows, params: Dict[str, float], tasks: Sequence[str], path: Path
             if cell is None or cell.mean is None or key not in params:
                 continue
             ax.errorbar([params[key]], [cell.mean], yerr=[cell.std or 0.0], fmt="o", capsize=3,
-                        color="grey" if key in ("random", "teacher") else None)
+                        color="grey" if key in ("random", "teacher", "fbank_no_cmvn") else None)
             ax.annotate(key, (params[key], cell.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("parameters (M)")
         ax.set_ylabel(f"{task.upper()} (%)")
@@ -234,13 +238,13 @@ def run_reproduce_mini(out: Path, tasks: str = DEFAULT_TASKS, seeds: Sequence[in
             exp_root=out / "exp" / job.key, data={task: {"root": str(corpus)}}, scale=scale, sets={task: sets[task]},
             er_folds=folds, threads=threads.threads, seed=seed))
 
-    jobs_list = [(Row(f"{v.key}/seed{s}", v.name, "fbank" if v.checkpoint is None else "lighthubert_local", None), t)
+    jobs_list = [(Row(f"{v.key}/seed{s}", v.name, v.upstream, None), t)
                  for s in seeds for t in task_list for v in chosen]
     outcomes = run_rows(jobs_list, make_runner, jobs)
     failed = [o for result in outcomes.values() for o in result if o.status in ("failed", "busy")]
 
     LOG.info("step 6/6: table, figure and claims")
-    params: Dict[str, float] = {"teacher": 0.0}
+    params: Dict[str, float] = {v.key: 0.0 for v in chosen if v.checkpoint is None}
     loaded = {key: load_checkpoint(path) for key, path in ckpts.items()}
     for v in chosen:
         if v.checkpoint is not None:
