@@ -124,7 +124,8 @@ def choose_threads(concurrent: int = 1, override: Optional[int] = None, budget: 
     if override is not None:
         note = "" if override * max(1, concurrent) <= budget.cpus else \
             f"; more than the {budget.cpus} available CPU(s) allow, so threads will wait on one another"
-        return ThreadChoice(override, f"{override} thread(s) per process, as asked{note}")
+        return ThreadChoice(override, f"{override} thread(s) per process, as given (--threads, or the share a "
+                                      f"calling command chose){note}")
     return ThreadChoice(share, f"{share} thread(s) per process: {budget.describe()}, {max(1, concurrent)} "
                                f"process(es) at a time (--threads overrides)")
 
