@@ -422,6 +422,40 @@ def test_benchmark_contention_smoke(small_ckpt, tmp_path):
     assert bad.returncode == 2 and "--contention '0,-1'" in bad.stderr
 
 
+def test_benchmark_interrupted_leaves_no_busy_process(small_ckpt, tmp_path):
+    """SIGTERM in the middle of a --contention run: the benchmark exits and its busy process is gone."""
+    import signal
+    import time
+
+    from .test_machine_load import running, wait_gone
+
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark_upstream.py"), "--quick", "--threads", "1",
+           "--checkpoint-dir", str(small_ckpt.parent), "--workdir", str(tmp_path / "work"),
+           "--json", str(tmp_path / "bench.json"), "--contention", "1", "--no-memory"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def busy_children():
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                cmdline = (stat.parent / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(fields[1]) == proc.pid and b"getppid" in cmdline:
+                found.append(int(stat.parent.name))
+        return found
+
+    deadline, pids = time.monotonic() + 300, []
+    while not pids and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pids = busy_children()
+    assert pids and all(running(p) for p in pids), "the benchmark never started its busy process"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    assert wait_gone(pids) == []
+
+
 @pytest.mark.parametrize("schedule", ["alone", "interleaved"])
 def test_benchmark_quick_smoke(small_ckpt, tmp_path, schedule):
     out = tmp_path / "bench.json"
