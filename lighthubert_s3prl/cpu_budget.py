@@ -97,11 +97,16 @@ def cgroup_cpu_quota(proc_cgroup: Path = PROC_CGROUP, root: Path = CGROUP_ROOT) 
     return min(quotas) if quotas else None
 
 
-def affinity_cpus() -> int:
+def affinity_set() -> Set[int]:
+    """The CPUs this process may be scheduled on (all of them where the OS does not say)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def affinity_cpus() -> int:
+    return len(affinity_set())
 
 
 def cpu_budget(proc_cgroup: Path = PROC_CGROUP, root: Path = CGROUP_ROOT) -> CpuBudget:
@@ -173,10 +178,7 @@ class LoadAwareThreads:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.min_interval_s, self.slack = min_interval_s, slack
         self._busy, self._own, self._clock = busy_reader, own_reader, clock
-        try:
-            self.cpus: Set[int] = set(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            self.cpus = set(range(os.cpu_count() or 1))
+        self.cpus: Set[int] = affinity_set()
         self._last = self._sample()
         self.others: Optional[float] = None  # CPUs other processes kept busy in the last interval
         self.interval_s: Optional[float] = None

@@ -137,12 +137,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         warnings.simplefilter("ignore", RuntimeWarning)
         load_aware = LoadAwareThreads() if args.device == "cpu" else None
         timing = measure_rtf(model, args.seconds, args.device, args.repeats, threads=load_aware)
+    used = torch.get_num_threads() if load_aware is None else load_aware.threads or torch.get_num_threads()
     if load_aware is not None:
-        used = load_aware.threads or torch.get_num_threads()
         chunk = model.feature_extractor.chunk_for(used)
         print(f"cpu mode:    {load_aware.describe()} of {torch.get_num_threads()}, as the upstream chooses per forward "
               f"(cpu_threads: fixed turns it off); CNN in chunks of {chunk} frames at {used} thread(s)")
-    threads = f", {load_aware.threads or torch.get_num_threads()} threads" if args.device == "cpu" else ""
+    threads = f", {used} threads" if args.device == "cpu" else ""
     print(f"real-time factor: {timing['rtf']:.4f} on {args.device} ({args.dtype}{threads}; median of "
           f"{timing['runs']} runs: {timing['seconds_per_run']:.3f} s per {args.seconds:g} s of audio; "
           f"{1 / timing['rtf']:.1f}x faster than real time)")
