@@ -220,7 +220,10 @@ class LoadAwareThreads:
     def describe(self) -> str:
         if self.threads is None:
             return "load-aware threads: no forward yet"
-        if self.others is None:
+        if self._last[1] is None:
             return f"{self.threads} thread(s) (load-aware; no CPU counters here, so the whole budget)"
+        if self.others is None:
+            return (f"{self.threads} thread(s) (load-aware; no interval of {self.min_interval_s:g} s yet to measure "
+                    f"others' load in, so the whole budget)")
         return (f"{self.threads} thread(s) (load-aware: other processes kept {self.others:.2f} of the "
                 f"{len(self.cpus)} usable CPU(s) busy over the last {self.interval_s:.1f} s)")

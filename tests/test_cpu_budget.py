@@ -106,6 +106,7 @@ def test_load_aware_threads_leave_the_cpus_others_use():
     machine = FakeCounters()
     threads = machine.threads()
     assert threads.choose(2) == 2  # first forward right away: no evidence yet, the budget
+    assert "no interval of 0.2 s yet" in threads.describe()
     machine.advance(1.0, others=0.05, ours=2.0)  # quiet but for a little noise
     assert threads.choose(2) == 2
     machine.advance(1.0, others=0.67, ours=1.33)  # a busy process shares a core with one of our two threads
