@@ -49,7 +49,14 @@ setup(
     package_data={"lighthubert_s3prl.downstream_configs": ["**/*"], "lighthubert_s3prl": ["**/*.yaml", "**/*.txt"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=7", "pytest-timeout>=2"]},
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout>=2"],
+        # `lighthubert-s3prl export --format hf`; the base install already has both, as s3prl's hub imports
+        # transformers, but the export's needs are stated here in case that changes
+        "hf": ["transformers>=4.40,<5", "safetensors>=0.4"],
+        # `lighthubert-s3prl export --format onnx` and ONNX Runtime inference
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
+    },
     entry_points={
         "console_scripts": [
             "lighthubert-s3prl=lighthubert_s3prl.commands.cli:main",

@@ -1,4 +1,9 @@
-"""LightHuBERT for s3prl: any-subnet upstream, SUPERB recipes, compact export and compression training."""
+"""LightHuBERT for s3prl: any-subnet upstream, SUPERB recipes, compact export and compression training.
+
+Importing the package puts its upstream names into ``s3prl.hub`` as soon as s3prl loads it (see
+:mod:`lighthubert_s3prl.upstream.registration`), so ``S3PRLUpstream("lighthubert_local", ...)`` builds ours;
+``register()`` does it explicitly and returns the names.
+"""
 from .model.config import (
     SEARCH_SPACES,
     ConfigError,
@@ -12,6 +17,8 @@ from .model.config import (
     resolve_subnet,
 )
 
+from .upstream.registration import install_import_hook, register
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -24,5 +31,8 @@ __all__ = [
     "get_preset",
     "largest_subnet_under_budget",
     "load_subnet_file",
+    "register",
     "resolve_subnet",
 ]
+
+install_import_hook()

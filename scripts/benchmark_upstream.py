@@ -17,7 +17,9 @@ In one run, on the same checkpoint file and the same seeded batch of waveforms, 
 * checkpoint load time (in that fresh subprocess, page cache warm) and file size: the official-format
   supernet file against the compact export;
 * a correctness cross-check: the largest difference of the last hidden state between the peers, on the
-  longest (unpadded) utterance, and between our two paths on every valid frame.
+  longest (unpadded) utterance, and between our two paths on every valid frame;
+* with ``--onnx``, ONNX Runtime too: the subnet exported by ``lighthubert_s3prl.model.onnx_export`` and run
+  with as many intra-op threads as the other peers, in both tables.
 
 It prints a table with ratios against s3prl's built-in expert and writes JSON atomically. ``--quick`` is a
 short smoke run (the test suite uses it). Official files ``lighthubert_{small,base,stage1}.pt`` are used
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import os
 import platform
@@ -55,6 +58,7 @@ PEER_LABELS = {
     "compact": "ours compact",
     "compact-bfloat16": "ours compact bf16",
     "compact-float16": "ours compact fp16",
+    "onnx": "ONNX Runtime",
 }
 SAMPLE_RATE = 16000
 
@@ -74,6 +78,8 @@ def make_batch(n: int, min_s: float, max_s: float, seed: int) -> List[torch.Tens
 def build_peer(peer: str, ckpt: str, compact: str, subnet_name: str, device: str) -> torch.nn.Module:
     from lighthubert_s3prl.model.config import get_preset
 
+    if peer == "onnx":
+        return onnx_peer(compact)
     if peer == "s3prl":
         from s3prl.upstream.lighthubert.expert import UpstreamExpert as BuiltIn
 
@@ -91,6 +97,39 @@ def build_peer(peer: str, ckpt: str, compact: str, subnet_name: str, device: str
         else:
             raise ValueError(f"unknown peer {peer!r}")
     return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------------
+# ONNX Runtime as a peer (--onnx). Opt-in rather than automatic: each subnet costs an export (a trace and an
+# ONNX Runtime check, seconds to tens of seconds) and a 100-380 MB file, onnxruntime is an optional extra, and
+# a run that asked for it should fail loudly without it instead of silently leaving out its row.
+def onnx_path_for(compact: str) -> Path:
+    """The ONNX export of a subnet lies beside its compact export (so that worker specs need no new field)."""
+    return Path(compact).with_suffix(".onnx")
+
+
+def export_onnx_peer(ckpt: Path, subnet_name: str, compact: Path) -> int:
+    from lighthubert_s3prl.model.onnx_export import export_onnx
+
+    print(f"[{subnet_name}] exporting to ONNX and checking it against ONNX Runtime", flush=True)
+    return export_onnx(ckpt, subnet_name, onnx_path_for(str(compact)), force=True).output_bytes
+
+
+def onnx_peer(compact: str) -> Any:
+    """The exported graph in an ONNX Runtime session with the thread count every peer's process was given."""
+    from lighthubert_s3prl.model.onnx_export import OnnxRuntimeUpstream
+
+    return OnnxRuntimeUpstream(onnx_path_for(compact), intra_op_threads=torch.get_num_threads())
+
+
+def onnx_argument_errors(device: str) -> List[str]:
+    errors = [] if device == "cpu" else ["--onnx times ONNX Runtime's CPU provider only; use --device cpu"]
+    for package in ("onnx", "onnxruntime"):
+        try:
+            importlib.import_module(package)
+        except ImportError as err:
+            errors.append(f"--onnx needs the {package} package ({err}): pip install 'lighthubert-s3prl[onnx]'")
+    return errors
 
 
 def run_peer(model: torch.nn.Module, wavs: List[torch.Tensor], device: str) -> List[torch.Tensor]:
@@ -280,6 +319,8 @@ def prepare_files(subnet_name: str, args: argparse.Namespace, workdir: Path) -> 
     export_compact(ckpt, subnet_name, compact, dtype="float32", force=True)
     info = {"checkpoint": str(ckpt), "checkpoint_given": official, "compact": str(compact),
             "supernet_bytes": ckpt.stat().st_size, "compact_bytes": compact.stat().st_size}
+    if args.onnx:
+        info["onnx_bytes"] = export_onnx_peer(ckpt, subnet_name, compact)
     if not args.quick:
         compact16 = workdir / f"{subnet_name}_compact_bf16.pt"
         export_compact(ckpt, subnet_name, compact16, dtype="bfloat16", force=True)
@@ -300,9 +341,10 @@ def max_diffs(outputs: Dict[str, List[torch.Tensor]], wavs: List[torch.Tensor]) 
             a, b = hs[-1][longest].float().cpu(), ref[-1][longest].float().cpu()
             T = min(a.size(0), b.size(0))
             diffs[f"{peer}_vs_s3prl_longest"] = float((a[:T] - b[:T]).abs().max())
-    if "supernet" in outputs and "compact" in outputs:
-        diffs["compact_vs_supernet_all"] = float(
-            (outputs["compact"][-1].float().cpu() - outputs["supernet"][-1].float().cpu()).abs().max())
+    for peer in ("supernet", "onnx"):
+        if peer in outputs and "compact" in outputs:  # padded frames are 0 in all three
+            diffs[f"compact_vs_{peer}_all"] = float(
+                (outputs["compact"][-1].float().cpu() - outputs[peer][-1].float().cpu()).abs().max())
     return diffs
 
 
@@ -412,7 +454,7 @@ def bench_contention(subnet_name: str, args: argparse.Namespace, workdir: Path, 
     spec_base = {"ckpt": files["checkpoint"], "compact": files["compact"], "subnet": subnet_name,
                  "device": args.device, "threads": args.threads, "batch": args.batch, "min_s": args.min_seconds,
                  "max_s": args.max_seconds, "seed": args.seed}
-    peers = ["s3prl", "compact"]
+    peers = ["s3prl", "compact"] + (["onnx"] if args.onnx else [])
     memory = {}
     if not args.no_memory:
         for peer in peers:
@@ -435,6 +477,8 @@ def bench_contention(subnet_name: str, args: argparse.Namespace, workdir: Path, 
             row[peer] = {"batch_s": statistics.median(times[peer]), "batch_s_runs": times[peer],
                          "threads_runs": threads_used[peer]}
         row["speedup_vs_s3prl"] = row["s3prl"]["batch_s"] / row["compact"]["batch_s"]
+        if "onnx" in row:
+            row["onnx_speedup_vs_s3prl"] = row["s3prl"]["batch_s"] / row["onnx"]["batch_s"]
         row["compact_gflops"] = flops / row["compact"]["batch_s"] / 1e9
         rows.append(row)
     quiet = next((r["matmul_gflops"] for r in rows if r["busy_processes"] == 0), None)
@@ -448,6 +492,9 @@ def bench_contention(subnet_name: str, args: argparse.Namespace, workdir: Path, 
 def print_contention(results: Dict[str, Any]) -> None:
     header = (f"{'subnet':<7} {'busy':>4} {'load avg':>9} {'s3prl s':>8} {'ours s':>8} {'ours threads':>12} {'ours vs s3prl':>13} "
               f"{'ours GFLOP/s':>12} {'matmul GFLOP/s':>14} {'of matmul':>9} {'of quiet matmul':>15}")
+    onnx = any("onnx" in row for res in results.values() for row in res["levels"])
+    if onnx:
+        header += f" {'ORT s':>8} {'ORT vs s3prl':>12}"
     print(header)
     print("-" * len(header))
     for name, res in results.items():
@@ -458,7 +505,8 @@ def print_contention(results: Dict[str, Any]) -> None:
                   f"{row['compact']['batch_s']:8.3f} {_threads_used(row['compact']['threads_runs']):>12} "
                   f"{row['speedup_vs_s3prl']:12.2f}x {row['compact_gflops']:12.1f} "
                   f"{row['matmul_gflops']:14.1f} {row['compact_fraction_of_matmul_rate']:9.0%} "
-                  f"{'-' if quiet is None else format(quiet, '.0%'):>15}")
+                  f"{'-' if quiet is None else format(quiet, '.0%'):>15}"
+                  + (f" {row['onnx']['batch_s']:8.3f} {row['onnx_speedup_vs_s3prl']:11.2f}x" if onnx else ""))
         memory = res["memory"]
         if memory:
             print(f"{'':<7} peak memory (load + forward, no busy processes): s3prl {memory['s3prl']['peak_mb']:.0f} MB, "
@@ -494,6 +542,8 @@ def print_table(results: Dict[str, Any], audio_s: float) -> None:
         for peer, e in res["peers"].items():
             compact_file = peer.startswith("compact")
             size = files["compact_bytes"] if compact_file else files["supernet_bytes"]
+            if peer == "onnx":
+                size = files["onnx_bytes"]
 
             def fmt(key: str, spec: str, default: str = "-") -> str:
                 return format(e[key], spec) if key in e and e[key] == e[key] else default
@@ -561,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--extra-dtypes", default="bfloat16",
                         help="also time our compact path in these dtypes (comma-separated: bfloat16, float16; "
                              "'' for none; default bfloat16)")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also export each subnet to ONNX and time ONNX Runtime (CPU, same threads and batch) in "
+                             "both tables; needs pip install 'lighthubert-s3prl[onnx]'")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-peer subprocess memory measurement")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: small only, 2 utterances of 1-2 s, 1 run, no warm-up, no extra dtypes")
@@ -595,6 +648,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     errors += [f"--extra-dtypes: {d!r} is not one of bfloat16, float16" for d in extra if d not in ("bfloat16", "float16")]
     if args.device == "cuda" and not torch.cuda.is_available():
         errors.append("--device cuda was asked for but no CUDA GPU is available")
+    if args.onnx:
+        errors += onnx_argument_errors(args.device)
     levels: List[int] = []
     if args.contention is not None:
         try:
@@ -617,7 +672,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     threads = choose_threads(1, args.threads)
     args.threads = threads.threads
     torch.set_num_threads(args.threads)
-    peers = list(PEERS) + [f"compact-{d}" for d in extra]
+    peers = list(PEERS) + [f"compact-{d}" for d in extra] + (["onnx"] if args.onnx else [])
     wavs = [w.to(args.device) for w in make_batch(args.batch, args.min_seconds, args.max_seconds, args.seed)]
     audio_s = sum(len(w) for w in wavs) / SAMPLE_RATE
     import s3prl

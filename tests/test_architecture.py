@@ -6,8 +6,9 @@ resolved, and ``from package import name`` points at ``package.name`` when that 
 bottom first (docs/architecture.md explains what lives where):
 
     utilities  io_utils, hardware, cpu_budget, machine_load (import nothing from the package)
-    model      model/ and the top-level package, which re-exports the config API and holds __version__
-    upstream   upstream/ and the root run_downstream module, kept because users type its path
+    model      model/
+    upstream   upstream/, the root run_downstream module (kept because users type its path) and the top-level
+               package, which re-exports the config API and register() and installs the s3prl.hub hook
     superb, training   side by side: each may use the layers below, never the other
     commands   commands/, __main__ and the root cli module (the path earlier releases documented)
 
@@ -31,7 +32,7 @@ SUBPACKAGE_LAYER: Dict[str, str] = {"model": "model", "upstream": "upstream", "s
                                     "training": "training", "commands": "commands"}
 # root modules, by name relative to the package ("" is the package's own __init__)
 ROOT_LAYER: Dict[str, str] = {"io_utils": "utilities", "hardware": "utilities", "cpu_budget": "utilities",
-                              "machine_load": "utilities", "": "model",
+                              "machine_load": "utilities", "": "upstream",
                               "run_downstream": "upstream", "__main__": "commands", "cli": "commands"}
 # installed from downstream_configs/ by setup.py: YAML and text files, no code
 DATA_PACKAGES = ("downstream_configs",)
@@ -198,20 +199,24 @@ def test_every_command_names_a_function_of_the_package():
 
 def test_hidden_set_bundle_holds_everything_it_imports():
     """The folder bundles modules by path; each one's imports and parent packages must be bundled too."""
-    from lighthubert_s3prl.upstream.hidden_set import INFERENCE_MODULES
+    from lighthubert_s3prl.upstream.hidden_set import BUNDLE_ROOT_INIT, INFERENCE_MODULES
 
     known = find_modules(PACKAGE_DIR, PACKAGE)
     by_path = {path.relative_to(PACKAGE_DIR).as_posix(): name for name, path in known.items()}
     missing_files = [p for p in INFERENCE_MODULES if p not in by_path]
     assert not missing_files, f"INFERENCE_MODULES names files the package does not have: {missing_files}"
     bundled = {by_path[p] for p in INFERENCE_MODULES}
+    assert PACKAGE not in bundled, "the bundle's root __init__ is generated (BUNDLE_ROOT_INIT), not copied"
+    root_init = ast.parse(BUNDLE_ROOT_INIT.format(version="0"))
+    assert not [n for n in ast.walk(root_init) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    bundled.add(PACKAGE)  # the generated root imports nothing
     assert "lighthubert_s3prl.upstream.expert" in bundled  # the module the folder's expert.py imports
     edges, _ = import_edges(PACKAGE_DIR, PACKAGE)
     needed: Set[str] = set()
     for module in bundled:
         parts = module.split(".")
         needed.update(".".join(parts[:i]) for i in range(1, len(parts)))  # parent packages run first
-        needed.update(e.imported for e in edges if e.importer == module)
+        needed.update(e.imported for e in edges if e.importer == module and module != PACKAGE)
     missing = sorted(needed - bundled)
     assert not missing, f"the hidden-set bundle lacks modules its modules import: {missing}; add them to " \
                         "INFERENCE_MODULES (or drop the import from the bundled module)"
@@ -284,7 +289,7 @@ def test_checker_flags_a_stale_path(tmp_path):
 
 
 @pytest.mark.parametrize("module, layer", [
-    ("lighthubert_s3prl", "model"), ("lighthubert_s3prl.io_utils", "utilities"),
+    ("lighthubert_s3prl", "upstream"), ("lighthubert_s3prl.io_utils", "utilities"),
     ("lighthubert_s3prl.run_downstream", "upstream"), ("lighthubert_s3prl.__main__", "commands"),
     ("lighthubert_s3prl.cli", "commands"),
     ("lighthubert_s3prl.superb.runner", "superb"), ("lighthubert_s3prl.model", "model"),

@@ -194,6 +194,47 @@ def test_hidden_set_folder_passes_validate(small_ckpt, tmp_path, capsys):
     assert load_checkpoint(folder / "model.pt").default_subnet == get_preset("small-min")
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--format", "hf"], "give exactly one output"),
+    (["OUT", "-o", "OTHER"], "give exactly one output"),
+    (["--format", "onnx", "--hidden-set", "DIR"], "cannot be combined with --format onnx"),
+    (["--format", "hf", "OUT", "--dtype", "bfloat16"], "--format hf writes float32"),
+])
+def test_export_command_refuses_contradictory_targets(argv, message, tiny_ckpt, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["--ckpt", str(tiny_ckpt), *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_export_command_writes_each_format(tiny_ckpt, tmp_path, capsys):
+    """The command dispatches to each writer; what each writes is pinned by its own tests."""
+    assert export_main(["--ckpt", str(tiny_ckpt), str(tmp_path / "c.pt")]) == 0
+    assert load_checkpoint(tmp_path / "c.pt").kind == "compact"
+    assert export_main(["--ckpt", str(tiny_ckpt), "--format", "hf", str(tmp_path / "hf")]) == 0
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in (tmp_path / "hf").iterdir()}
+    assert export_main(["--ckpt", str(tiny_ckpt), "--format", "onnx", "-o", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+    assert export_main(["--ckpt", str(tiny_ckpt), "--format", "hidden-set", str(tmp_path / "hs")]) == 0
+    assert (tmp_path / "hs" / "expert.py").is_file()
+    capsys.readouterr()
+    layered = {"embed_dim": 128, "layer_num": 12, "heads_num": [2] * 11 + [1], "ffn_embed": 256}
+    subnet_file = tmp_path / "layered.json"
+    subnet_file.write_text(json.dumps(layered))
+    assert export_main(["--ckpt", str(tiny_ckpt), "--subnet", str(subnet_file), "--format", "hf",
+                        str(tmp_path / "hf2")]) == 2
+    err = capsys.readouterr().err
+    assert "layers 0, 1, 2" in err and "layer 11 has 1 head (attention width 64)" in err and "--format onnx" in err
+    assert not (tmp_path / "hf2").exists()
+
+
+@pytest.mark.parametrize("fmt, module, extra", [("hf", "transformers", "hf"), ("onnx", "onnxruntime", "onnx")])
+def test_a_missing_extra_names_its_install_line(fmt, module, extra, tiny_ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if the package were not installed
+    assert export_main(["--ckpt", str(tiny_ckpt), "--format", fmt, str(tmp_path / "out")]) == 2
+    assert f"pip install 'lighthubert-s3prl[{extra}]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------------------------------- profile
 def _counted_macs(model, seconds):
     wav = torch.randn(int(round(seconds * 16000)))
@@ -461,10 +502,11 @@ def test_benchmark_quick_smoke(small_ckpt, tmp_path, schedule):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "benchmark_upstream.py"), "--quick", "--threads", "1",
            "--checkpoint-dir", str(small_ckpt.parent), "--workdir", str(tmp_path / "work"), "--json", str(out),
-           "--schedule", schedule]
+           "--schedule", schedule] + (["--onnx"] if schedule == "alone" else [])
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "s3prl built-in" in proc.stdout and "ours compact" in proc.stdout and "targets" in proc.stdout
+    assert ("ONNX Runtime" in proc.stdout) == (schedule == "alone")
     data = json.loads(out.read_text())
     small = data["results"]["small"]
     files = small["files"]
@@ -486,7 +528,14 @@ def test_benchmark_quick_smoke(small_ckpt, tmp_path, schedule):
     assert small["peers"]["s3prl"]["speedup_vs_s3prl"] == pytest.approx(1.0)
     assert data["meta"]["audio_seconds"] == pytest.approx(sum(data["meta"]["batch_seconds"]), abs=1e-3)
     # the three implementations compute the same thing (last hidden states sent back by each peer's process)
-    assert set(small["max_abs_diff"]) == {"supernet_vs_s3prl_longest", "compact_vs_s3prl_longest", "compact_vs_supernet_all"}
+    expected = {"supernet_vs_s3prl_longest", "compact_vs_s3prl_longest", "compact_vs_supernet_all"}
+    if schedule == "alone":  # ONNX Runtime as a fourth peer, timed the same way and checked against ours
+        expected |= {"onnx_vs_s3prl_longest", "compact_vs_onnx_all"}
+        onnx = small["peers"]["onnx"]
+        assert len(onnx["batch_s_runs"]) == runs
+        assert onnx["speedup_vs_s3prl"] == pytest.approx(small["peers"]["s3prl"]["batch_s"] / onnx["batch_s"])
+        assert files["onnx_bytes"] == Path(files["compact"]).with_suffix(".onnx").stat().st_size
+    assert set(small["max_abs_diff"]) == expected
     assert all(v < 1e-3 for v in small["max_abs_diff"].values()), small["max_abs_diff"]
     assert data["meta"]["threads"] == 1 and len(data["meta"]["batch_seconds"]) == 2
     assert data["meta"]["schedule"] == schedule

@@ -99,6 +99,41 @@ def test_the_cache_is_bypassed_while_the_upstream_could_be_learning(mode, tiny_c
     assert len(expert.feature_cache) == 0 and expert.feature_cache.hits == expert.feature_cache.misses == 0
 
 
+def test_fine_tuning_steps_between_evaluations_empty_the_cache(tiny_ckpt, utterances):
+    """s3prl's -f evaluates the upstream frozen between optimiser steps: the next evaluation must see new weights."""
+    expert = UpstreamExpert(tiny_ckpt, feature_cache_mb=64)
+    batch = [utterances[0], utterances[3]]
+    expert.eval()
+    with torch.no_grad():
+        before = expert(batch)["hidden_states"]
+    expert.train()
+    loss = sum(h.pow(2).mean() for h in expert(batch)["hidden_states"])
+    loss.backward()
+    torch.optim.SGD(expert.parameters(), lr=0.5).step()
+    expert.eval()
+    fresh = UpstreamExpert(tiny_ckpt, feature_cache_mb=0).eval()
+    fresh.load_state_dict(expert.state_dict())
+    with torch.no_grad():
+        after = expert(batch)["hidden_states"]
+        expected = fresh(batch)["hidden_states"]
+        again = expert(batch)["hidden_states"]  # unchanged weights: served from the cache again
+    assert not torch.allclose(after[-1], before[-1])
+    for got, want in zip(after, expected):
+        assert torch.equal(got, want)
+    assert expert.feature_cache.invalidations == 1 and expert.feature_cache.hits == 2
+    assert all(torch.equal(a, b) for a, b in zip(again, after))
+
+
+def test_a_frozen_cnn_gets_no_gradient_and_the_rest_does(tiny_ckpt, utterances):
+    expert = UpstreamExpert(tiny_ckpt, freeze_cnn=True).train()
+    sum(h.pow(2).mean() for h in expert([utterances[0]])["hidden_states"]).backward()
+    cnn = {id(p) for p in expert.model.feature_extractor.parameters()}
+    assert cnn and all(p.grad is None and not p.requires_grad for p in expert.model.feature_extractor.parameters())
+    others = [p for p in expert.model.parameters() if id(p) not in cnn]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in others)
+    assert expert.model.post_extract_proj.weight.grad is not None
+
+
 def test_reference_padding_never_uses_the_cache(tiny_ckpt, utterances):
     expert = UpstreamExpert(tiny_ckpt, feature_cache_mb=64, padding_mode="reference").eval()
     with torch.no_grad():

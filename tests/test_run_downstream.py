@@ -40,3 +40,20 @@ def test_example_downstream_trains_and_evaluates(entry, tiny_ckpt, tmp_path):
     assert state["Featurizer"]["weights"].numel() == 1 + n_layers
     # -e needs argparse.Namespace unpickling, which torch>=2.6 refuses by default; the launcher allows it
     _launch(["-m", "evaluate", "-e", str(ckpts[-1]), "-t", "dev", "--device", "cpu"], tmp_path)
+
+
+def test_fine_tuning_flag_reaches_s3prl_and_the_upstream_is_trained(tiny_ckpt, tmp_path):
+    """``-f`` is s3prl's own flag: through the launcher it trains the upstream, saved under 'Upstream'."""
+    from lighthubert_s3prl.upstream.expert import UpstreamExpert
+
+    expdir = tmp_path / "exp"
+    config = example_config(tmp_path / "example.yaml", steps=2)
+    _launch(["-m", "train", "-u", "lighthubert_local", "-k", str(tiny_ckpt), "-d", "example", "-c", str(config),
+             "-p", str(expdir), "--device", "cpu", "-f"], tmp_path)
+    state = torch.load(expdir / "states-2.ckpt", map_location="cpu", weights_only=False)
+    assert state["Args"].upstream_trainable is True
+    initial = UpstreamExpert(str(tiny_ckpt)).state_dict()
+    saved = state["Upstream"]
+    assert set(saved) == set(initial)
+    moved = [k for k in initial if not initial[k].equal(saved[k])]
+    assert "model.feature_extractor.conv_layers.0.0.weight" in moved and "model.encoder.layers.11.fc2.weight" in moved

@@ -228,6 +228,30 @@ def test_dry_run_lists_commands(superb_corpus, superb_ckpt, tmp_path, capsys):
     assert not root.exists()
 
 
+@pytest.mark.parametrize("s3prl_flags", [
+    ["--s3prl-args", "-f"], ["--s3prl-args=-f"], ["--", "-f"], ["--s3prl-args", "-f -l -1"], ["--", "-f", "-l", "-1"],
+    ["--s3prl-args", "-f", "--", "-l", "-1"],
+])
+def test_s3prl_flags_pass_to_training_the_natural_ways(s3prl_flags, superb_corpus, superb_ckpt, tmp_path, capsys):
+    argv = ["-u", "lighthubert_local", "-k", str(superb_ckpt), "--tasks", "ks", "--data", str(superb_corpus),
+            "--exp-root", str(tmp_path / "e"), "--dry-run", "--gpus", "0"] + s3prl_flags
+    assert runner.main(argv) == 0
+    lines = [line.split(" > ")[0].rstrip() for line in capsys.readouterr().out.splitlines() if " -m " in line]
+    train = [line for line in lines if " -m train " in line]
+    evaluate = [line for line in lines if " -m evaluate " in line]
+    expected = " ".join(a for a in s3prl_flags if a not in ("--", "--s3prl-args")).replace("--s3prl-args=", "")
+    assert len(train) == 1 and train[0].endswith(f" {expected}"), train
+    assert evaluate and not any(" -f" in line for line in evaluate)
+
+
+def test_the_shell_script_passes_s3prl_flags_after_its_options(superb_corpus, superb_ckpt, tmp_path):
+    proc = run_script(["-u", "lighthubert_local", "-k", str(superb_ckpt), "--tasks", "ks", "--data",
+                       str(superb_corpus), "--exp-root", str(tmp_path / "e"), "--dry-run", "--gpus", "0",
+                       "--s3prl-args", "-f"], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert any(" -m train " in line and line.split(" > ")[0].rstrip().endswith(" -f") for line in proc.stdout.splitlines())
+
+
 def test_data_config_yaml_and_task_roots(superb_corpus, superb_ckpt, tmp_path, capsys):
     data = tmp_path / "data.yaml"
     data.write_text(f"default: {superb_corpus}\nks:\n  root: {superb_corpus}\n")
@@ -254,6 +278,8 @@ def test_data_config_yaml_and_task_roots(superb_corpus, superb_ckpt, tmp_path, c
     (["--data-config", "/nonexistent/data.yaml"], "no such file"),
     (["--gpus", "-1"], "--gpus must be 0 or more"),
     (["--s3prl-args", "-d asr"], "-d is set by the runner"),
+    (["--", "-n", "other"], "-n is set by the runner"),
+    (["--s3prl-args", "-l 'unclosed"], "No closing quotation"),
 ])
 def test_bad_input_is_refused_with_the_reason(superb_corpus, superb_ckpt, tmp_path, capsys, extra, message):
     argv = ["-u", "lighthubert_local", "-k", str(superb_ckpt), "--tasks", "ks", "--data", str(superb_corpus),
@@ -318,3 +344,31 @@ def test_quickstart_ranks_its_rows_and_resumes(superb_corpus, tmp_path, capsys):
     assert quickstart.main(argv) == 0  # everything is reused
     again = capsys.readouterr().out
     assert "units: 3 skipped" in again
+
+def _upstream_weights(checkpoint: Path):
+    import torch
+
+    return torch.load(checkpoint, map_location="cpu", weights_only=False).get("Upstream")
+
+
+def test_fine_tuning_with_f_trains_the_upstream_and_saves_it(pipeline, superb_ckpt, superb_corpus, tmp_path):
+    """-f through the runner: the saved checkpoint holds the upstream, changed by training except what
+    freeze_cnn keeps; the frozen run of the same task saved no upstream at all."""
+    from lighthubert_s3prl.upstream.expert import UpstreamExpert
+
+    options = tmp_path / "finetune.yaml"
+    options.write_text("freeze_cnn: true\n")
+    root = tmp_path / "ft"
+    args = base_args(superb_ckpt, superb_corpus, root, tasks="ks") + ["-g", options, "--s3prl-args", "-f"]
+    _check(run_script(args))
+    saved = _upstream_weights(root / "ks" / "states-4.ckpt")
+    assert saved is not None, "a fine-tuned run must save the upstream's weights"
+    initial = UpstreamExpert(str(superb_ckpt)).state_dict()
+    assert set(saved) == set(initial)
+    changed = {k for k in initial if not initial[k].equal(saved[k])}
+    cnn = {k for k in initial if k.startswith("model.feature_extractor.")}
+    assert cnn and not changed & cnn, f"freeze_cnn: the CNN must not move, moved: {sorted(changed & cnn)[:3]}"
+    assert "model.post_extract_proj.weight" in changed
+    assert all(any(k.startswith(f"model.encoder.layers.{i}.") for k in changed) for i in range(12))
+    assert json.loads((root / "ks" / units.RESULT_FILE).read_text())["split"] == "test"
+    assert _upstream_weights(pipeline.root / "ks" / "states-4.ckpt") is None

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import shlex
 import sys
 from functools import cached_property
 from pathlib import Path
@@ -261,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "s3prl process, instead of computing them every epoch (CPU only; exact). Default: "
                              "2048 at the mini and ci scales, off at full; 0 turns it off")
     parser.add_argument("--s3prl-args", default="", metavar="'ARGS'",
-                        help="extra s3prl flags for training, e.g. '-s hidden_states -l 6' or "
-                             "'--upstream_feature_normalize' (evaluation takes them from the checkpoint)")
+                        help="extra s3prl flags for training, e.g. -f (fine-tune the upstream), '-s hidden_states "
+                             "-l 6' or --upstream_feature_normalize; flags after a lone -- are passed the same way "
+                             "(evaluation takes them from the checkpoint)")
     parser.add_argument("--test-during-training", action="store_true",
                         help="keep s3prl's test evaluation at every eval_step (off: only dev, then test on dev-best)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands that would run; change nothing")
@@ -324,7 +326,37 @@ def run_superb(opts: RunOptions) -> List[Outcome]:
     return outcomes
 
 
+def gather_s3prl_args(argv: List[str]) -> List[str]:
+    """Our arguments with s3prl's folded into one ``--s3prl-args=...``: everything after ``--``, and the value
+    after ``--s3prl-args`` even when it starts with a dash (``--s3prl-args -f``, which argparse would take for
+    an option of ours)."""
+    ours: List[str] = []
+    theirs: List[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            theirs += argv[i + 1:]
+            break
+        if arg == "--s3prl-args" and i + 1 < len(argv):
+            theirs += shlex.split(argv[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--s3prl-args="):
+            theirs += shlex.split(arg.split("=", 1)[1])
+        else:
+            ours.append(arg)
+        i += 1
+    return ours + ([f"--s3prl-args={shlex.join(theirs)}"] if theirs else [])
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = gather_s3prl_args(argv)
+    except ValueError as err:
+        print(f"run_superb: error: --s3prl-args: {err}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s run_superb: %(message)s", datefmt="%H:%M:%S")

@@ -21,7 +21,7 @@ from ..model.checkpoint import build_supernet, load_checkpoint
 from ..model.compact import CompactLightHuBERT, build_compact
 from ..model.config import ConfigError, count_parameters, resolve_subnet
 from ..model.supernet import PADDING_MODES
-from .feature_cache import FeatureCache, cache_mb_from_env, waveform_key
+from .feature_cache import FeatureCache, cache_mb_from_env, waveform_key, weights_version
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ IMPLEMENTATIONS = ("compact", "supernet")
 CPU_THREADS = ("load_aware", "fixed")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-_OPTION_KEYS = ("subnet", "implementation", "padding_mode", "dtype", "feature_cache_mb", "cpu_threads")
+_OPTION_KEYS = ("subnet", "implementation", "padding_mode", "dtype", "feature_cache_mb", "cpu_threads", "freeze_cnn")
 
 
 @dataclass
@@ -46,6 +46,8 @@ class UpstreamOptions:
     ``LIGHTHUBERT_S3PRL_FEATURE_CACHE_MB``, 0 turns it off. ``cpu_threads``: ``load_aware`` (default) runs each
     CPU forward with the process's threads less the CPUs other processes kept busy since the last forward
     (see :class:`~lighthubert_s3prl.cpu_budget.LoadAwareThreads`), ``fixed`` with the process's threads as set.
+    ``freeze_cnn``: when s3prl fine-tunes the upstream (``-f``), keep the CNN feature extractor fixed and train
+    the rest, as HuBERT-family models are usually fine-tuned; no effect on a frozen upstream.
     """
 
     subnet: Any = None
@@ -54,6 +56,7 @@ class UpstreamOptions:
     dtype: str = "float32"
     feature_cache_mb: Optional[float] = None
     cpu_threads: str = "load_aware"
+    freeze_cnn: bool = False
 
     @classmethod
     def from_file(cls, path: Union[str, Path]) -> "UpstreamOptions":
@@ -96,6 +99,8 @@ class UpstreamOptions:
             raise ConfigError(f"feature_cache_mb={self.feature_cache_mb!r}; give a size in MB (0 turns the cache off)")
         if self.cpu_threads not in CPU_THREADS:
             raise ConfigError(f"cpu_threads={self.cpu_threads!r}; allowed values: {list(CPU_THREADS)}")
+        if not isinstance(self.freeze_cnn, bool):
+            raise ConfigError(f"freeze_cnn={self.freeze_cnn!r}; give true or false")
 
 
 def normalised(wav: torch.Tensor) -> torch.Tensor:
@@ -125,12 +130,14 @@ class UpstreamExpert(nn.Module):
         dtype: Optional[str] = None,
         feature_cache_mb: Optional[float] = None,
         cpu_threads: Optional[str] = None,
+        freeze_cnn: Optional[bool] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         options = UpstreamOptions.from_file(model_config) if model_config else UpstreamOptions()
         for key, value in (("subnet", subnet), ("implementation", implementation), ("padding_mode", padding_mode),
-                           ("dtype", dtype), ("feature_cache_mb", feature_cache_mb), ("cpu_threads", cpu_threads)):
+                           ("dtype", dtype), ("feature_cache_mb", feature_cache_mb), ("cpu_threads", cpu_threads),
+                           ("freeze_cnn", freeze_cnn)):
             if value is not None:
                 setattr(options, key, value)
         options.validate()
@@ -159,6 +166,8 @@ class UpstreamExpert(nn.Module):
         if self.compute_dtype != torch.float32:
             self.model.to(self.compute_dtype)
         self.num_parameters = count_parameters(self.subnet, loaded.model_cfg)
+        if options.freeze_cnn:
+            self.model.feature_extractor.requires_grad_(False)
         try:
             cache_mb = cache_mb_from_env() if options.feature_cache_mb is None else float(options.feature_cache_mb)
         except ValueError as err:
@@ -198,6 +207,7 @@ class UpstreamExpert(nn.Module):
 
     def _forward_cached(self, wavs: List[torch.Tensor], cache: FeatureCache) -> List[torch.Tensor]:
         """``forward``'s hidden states, computing only the utterances the cache does not hold."""
+        cache.forget_unless(weights_version(self.model))  # a fine-tuned upstream's old features are stale
         keys = [waveform_key(w) for w in wavs]
         states: List[Optional[List[torch.Tensor]]] = [cache.get(k) for k in keys]
         missing = [i for i, s in enumerate(states) if s is None]

@@ -8,13 +8,18 @@ The key is a digest of the waveform's samples, shape and dtype (equal samples, e
 clip is another key). The cache is bounded: once ``max_bytes`` are held, new utterances are computed and not
 kept (the first epoch's utterances stay; nothing is evicted, so a hit rate can only fall when the data set is
 larger than the bound).
+
+Under s3prl's fine-tuning (``-f``) the upstream is evaluated with frozen weights too, between optimiser steps;
+features kept from before a step would be stale. The cache therefore remembers a version of the weights
+(:func:`weights_version`: PyTorch bumps a tensor's version counter on every in-place change, which is how
+optimisers and ``load_state_dict`` write) and drops everything when it moves.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Hashable, List, Optional, Sequence
 
 if TYPE_CHECKING:  # the SUPERB runner reads ENV_CACHE_MB without importing torch
     import torch
@@ -50,6 +55,11 @@ def waveform_key(wav: torch.Tensor) -> bytes:
     return digest.digest()
 
 
+def weights_version(model: torch.nn.Module) -> Hashable:
+    """Changes whenever a parameter or buffer of ``model`` is written in place or replaced."""
+    return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
 class FeatureCache:
     """Per-utterance hidden states (one (T, D) tensor per layer), bounded by ``max_bytes``."""
 
@@ -62,9 +72,23 @@ class FeatureCache:
         self.misses = 0
         self._states: Dict[bytes, List[torch.Tensor]] = {}
         self._full_reported = False
+        self._weights: Optional[Hashable] = None
+        self.invalidations = 0
 
     def __len__(self) -> int:
         return len(self._states)
+
+    def forget_unless(self, weights: Hashable) -> None:
+        """Drop every kept state if they were computed with other weights than ``weights``."""
+        if self._weights is not None and weights != self._weights and self._states:
+            self.invalidations += 1
+            if self.invalidations == 1:
+                logger.info("upstream weights changed (fine-tuning): feature cache emptied; it is emptied again "
+                            "at every change, so it only serves repeated evaluations of unchanged weights")
+            self._states.clear()
+            self.bytes_held = 0
+            self._full_reported = False
+        self._weights = weights
 
     def get(self, key: bytes) -> Optional[List[torch.Tensor]]:
         states = self._states.get(key)

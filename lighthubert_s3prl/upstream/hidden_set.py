@@ -83,11 +83,18 @@ _GITATTRIBUTES = "".join(f"{pattern} filter=lfs diff=lfs merge=lfs -text\n"
 #: package; copied into a hidden-set folder so it runs without this package (tests/test_architecture.py
 #: checks that the list is closed under imports)
 INFERENCE_MODULES = (
-    "__init__.py", "io_utils.py", "hardware.py", "cpu_budget.py",
+    "io_utils.py", "hardware.py", "cpu_budget.py",
     "model/__init__.py", "model/config.py", "model/modules.py", "model/fast_cnn.py", "model/supernet.py",
     "model/compact.py", "model/checkpoint.py",
     "upstream/__init__.py", "upstream/expert.py", "upstream/feature_cache.py",
 )
+
+#: the bundle's package root, in place of the package's own: that one re-exports the config API and hooks
+#: ``s3prl.hub`` to register entries whose modules the bundle does not carry, which would break an
+#: evaluator that imports s3prl's hub after the expert
+BUNDLE_ROOT_INIT = '''"""LightHuBERT inference code bundled with a SUPERB hidden-set upstream (lighthubert-s3prl {version})."""
+__version__ = "{version}"
+'''
 
 
 def write_hidden_set_folder(
@@ -122,6 +129,7 @@ def write_hidden_set_folder(
     package_dir = Path(__file__).resolve().parents[1]
     for name in INFERENCE_MODULES:
         atomic_write_text(out_dir / "lighthubert_s3prl" / name, (package_dir / name).read_text())
+    atomic_write_text(out_dir / "lighthubert_s3prl" / "__init__.py", BUNDLE_ROOT_INIT.format(version=__version__))
     atomic_write_text(out_dir / "expert.py", _EXPERT_PY.format(**fields))
     atomic_write_text(out_dir / "README.md", _README_MD.format(**fields))
     atomic_write_text(out_dir / "requirements.txt", _REQUIREMENTS_TXT.format(torch_min=HIDDEN_SET_TORCH_MIN))

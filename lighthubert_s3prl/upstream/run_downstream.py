@@ -15,6 +15,8 @@ import os
 import sys
 from typing import List, Optional
 
+from .registration import register
+
 logger = logging.getLogger(__name__)
 
 
@@ -30,17 +32,6 @@ def prepare_runtime() -> None:
     except ImportError:
         return
     recipe_patches.apply()
-
-
-def register(hub_module=None) -> List[str]:
-    """Add our entries to ``s3prl.hub`` (replacing s3prl's own LightHuBERT names); returns the names."""
-    from .hubconf import ENTRIES
-
-    if hub_module is None:
-        import s3prl.hub as hub_module
-    for name, fn in ENTRIES.items():
-        setattr(hub_module, name, fn)
-    return list(ENTRIES)
 
 
 def _normalise_distributed_args(argv: List[str]) -> List[str]:
