@@ -372,3 +372,34 @@ def test_fine_tuning_with_f_trains_the_upstream_and_saves_it(pipeline, superb_ck
     assert all(any(k.startswith(f"model.encoder.layers.{i}.") for k in changed) for i in range(12))
     assert json.loads((root / "ks" / units.RESULT_FILE).read_text())["split"] == "test"
     assert _upstream_weights(pipeline.root / "ks" / "states-4.ckpt") is None
+
+
+def test_a_subnet_grid_through_the_real_runner_two_units_at_once(superb_ckpt, superb_corpus, tmp_path, capsys):
+    """3 subnets x (KS, one ER fold) with --executor local:2, then the printed collect command over the grid."""
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(
+        "subnets:\n"
+        "  - {name: narrow, subnet: {embed_dim: 64, layer_num: 10, heads_num: 1, ffn_embed: 192}}\n"
+        "  - {name: mid, subnet: {embed_dim: 96, layer_num: 11, heads_num: 1, ffn_embed: 256}}\n"
+        "  - {name: full, subnet: {embed_dim: 128, layer_num: 12, heads_num: 2, ffn_embed: 512}}\n")
+    root = tmp_path / "grid"
+    args = base_args(superb_ckpt, superb_corpus, root, tasks="ks,er") + [
+        "--er-folds", "1", "--executor", "local:2", "--subnets", grid_file]
+    args.remove("--threads"), args.remove("1")  # let the runner divide the CPUs among the units itself
+    out = _check(run_script(args))
+    assert "units: 6 done" in out
+    from lighthubert_s3prl.cpu_budget import cpu_budget
+
+    per_process = max(1, cpu_budget().cpus // 2)
+    assert f"threads: {per_process} thread(s) per process" in out and "2 process(es) at a time" in out
+    record = json.loads((root / "grid.json").read_text())
+    for member in record["members"]:
+        for unit in ("ks", "er/fold1"):
+            result = json.loads((root / member["name"] / unit / units.RESULT_FILE).read_text())
+            assert result["params"] == member["params"], (member["name"], unit)  # the unit ran that subnet
+    collect = next(line for line in out.splitlines() if line.startswith("table:"))
+    argv = collect.split("lighthubert-s3prl ", 1)[1].split()
+    assert cli_main(argv + ["-q"]) == 0
+    table = json.loads((root / "results" / "superb_results.json").read_text())
+    assert sorted(row["params_m"] for row in table["rows"] if row["kind"] == "ours") == \
+        sorted(m["params"] / 1e6 for m in record["members"])

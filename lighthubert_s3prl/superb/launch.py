@@ -10,7 +10,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from lighthubert_s3prl.cpu_budget import choose_threads
 
@@ -26,8 +26,8 @@ class Launcher:
     def __init__(self, opts: RunOptions, configs: Path) -> None:
         self.opts = opts
         self.configs = configs
-        # units run one at a time: each process gets every available CPU unless told otherwise
-        self.threads = choose_threads(1, opts.threads)
+        # the available CPUs are shared by the units running at once (--executor local:N), unless told otherwise
+        self.threads = choose_threads(opts.parallel, opts.threads)
 
     def _launcher(self, distributed: bool) -> List[str]:
         if distributed and self.opts.gpus > 1:
@@ -72,9 +72,11 @@ class Launcher:
             "-m", "evaluate", "-e", str(ckpt), "-t", split, "--device", self.opts.device,
             "-o", f"args.expdir={self._quoted(outdir)}"]
 
-    def env(self) -> Dict[str, str]:
-        """The environment of every s3prl process of the run."""
+    def env(self, cuda_devices: Optional[str] = None) -> Dict[str, str]:
+        """The environment of every s3prl process of the run; ``cuda_devices`` pins its unit's GPUs."""
         env = dict(os.environ)
+        if cuda_devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = cuda_devices
         env["PYTHONUNBUFFERED"] = "1"  # result lines reach the log in order with tqdm's stderr
         if not self.opts.stream:
             env.setdefault("TQDM_MININTERVAL", "10")  # keep logs of 200k-step runs small
@@ -88,8 +90,9 @@ class Launcher:
             env.setdefault(ENV_CACHE_MB, str(SMALL_SCALE_CACHE_MB))
         return env
 
-    def execute(self, cmd: List[str], log_path: Path) -> Tuple[int, str]:
+    def execute(self, cmd: List[str], log_path: Path, cuda_devices: Optional[str] = None) -> Tuple[int, str]:
         """Run ``cmd`` appending its output to ``log_path``; return (exit code, this run's output)."""
+        env = self.env(cuda_devices)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             start = log.tell()
@@ -97,7 +100,7 @@ class Launcher:
             log.flush()
             if self.opts.stream:
                 proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        env=self.env(), cwd=self.opts.exp_root)
+                                        env=env, cwd=self.opts.exp_root)
                 assert proc.stdout is not None
                 for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
                     log.write(chunk)
@@ -105,7 +108,7 @@ class Launcher:
                     sys.stderr.flush()
                 rc = proc.wait()
             else:
-                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(),
+                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                     cwd=self.opts.exp_root).returncode
             log.write(f"===== exit code {rc}\n".encode())
         with open(log_path, "rb") as log:

@@ -45,6 +45,7 @@ class RunOptions:
     device: str = "cpu"
     seed: Optional[int] = None
     threads: Optional[int] = None
+    parallel: int = 1  # units at a time on this host (--executor local:N)
     feature_cache_mb: Optional[float] = None  # None: feature_cache.SMALL_SCALE_CACHE_MB below the full scale
     dry_run: bool = False
     stream: bool = False
@@ -96,6 +97,31 @@ def _parse_scalar(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+
+
+def parse_executor(text: str) -> int:
+    """``--executor``: ``local`` (one unit at a time) or ``local:N`` (N at once); returns N."""
+    kind, sep, count = text.strip().partition(":")
+    if kind == "local" and not sep:
+        return 1
+    if kind == "local" and count.isdigit() and int(count) >= 1:
+        return int(count)
+    raise RunnerError(f"--executor {text!r}: use local (one unit at a time) or local:N (N units at once, N >= 1)")
+
+
+def gpu_slots(parallel: int, gpus: int, visible: Optional[str], device_count: int) -> List[str]:
+    """``CUDA_VISIBLE_DEVICES`` of each of ``parallel`` concurrent units taking ``gpus`` GPUs each.
+
+    ``visible`` is the runner's own ``CUDA_VISIBLE_DEVICES`` (None: all ``device_count`` devices); the slots
+    are disjoint runs of it, so concurrent units never share a GPU.
+    """
+    devices = [d.strip() for d in visible.split(",") if d.strip()] if visible is not None else \
+        [str(i) for i in range(device_count)]
+    need = parallel * gpus
+    if need > len(devices):
+        raise RunnerError(f"--executor local:{parallel} with --gpus {gpus} needs {need} GPU(s), one set per unit "
+                          f"at a time; {len(devices)} visible ({','.join(devices) or 'none'}). Lower N or --gpus")
+    return [",".join(devices[i * gpus:(i + 1) * gpus]) for i in range(parallel)]
 
 
 def parse_lr(values: Sequence[str], tasks: Sequence[str]) -> Dict[str, float]:

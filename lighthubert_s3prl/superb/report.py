@@ -13,8 +13,9 @@ SUMMARY_JSON = "summary.json"
 SUMMARY_TXT = "summary.txt"
 
 
-def format_summary(outcomes: Sequence[Outcome], root: Path) -> str:
-    """One row per unit (status, score, where its predictions or log are), then counts and failures."""
+def format_summary(outcomes: Sequence[Outcome], root: Path, where_to_look: bool = True) -> str:
+    """One row per unit (status, score, where its predictions or log are), then counts and failures, then
+    (``where_to_look``) where a single root keeps its results and the command that tabulates them."""
     rows = [("unit", "status", "metric", "value", "time", "where")]
     for o in outcomes:
         value = "" if o.value is None else f"{o.value:.4g}"
@@ -32,9 +33,10 @@ def format_summary(outcomes: Sequence[Outcome], root: Path) -> str:
     for o in outcomes:
         if o.status == "failed":
             lines.append(f"FAILED {o.unit}: {o.message.splitlines()[0] if o.message else ''}")
-    lines.append(f"results: {root}/<task>/{RESULT_FILE} (ER: {root}/er/foldN/), logs: {root}/logs/, "
-                 f"summary: {root}/{SUMMARY_TXT}")
-    lines.append(f"table:   lighthubert-s3prl collect {root} -o {root}/results")
+    if where_to_look:
+        lines.append(f"results: {root}/<task>/{RESULT_FILE} (ER: {root}/er/foldN/), logs: {root}/logs/, "
+                     f"summary: {root}/{SUMMARY_TXT}")
+        lines.append(f"table:   lighthubert-s3prl collect {root} -o {root}/results")
     return "\n".join(lines)
 
 

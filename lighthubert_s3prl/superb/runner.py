@@ -29,9 +29,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import queue
 import re
 import shlex
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
@@ -39,11 +44,12 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 from . import report
 from .executor import UnitExecutor
 from .launch import Launcher
-from .options import (RunnerError, RunOptions, batch_plan_for, check_accumulation, default_exp_root, parse_folds,
-                      parse_lr, parse_s3prl_args, parse_sets, parse_task_list, resolve_data, run_subnet)
+from .options import (LIGHTHUBERT_ENTRIES, RunnerError, RunOptions, batch_plan_for, check_accumulation,
+                      default_exp_root, gpu_slots, parse_executor, parse_folds, parse_lr, parse_s3prl_args, parse_sets,
+                      parse_task_list, resolve_data, run_subnet)
 from .report import format_summary
-from .units import (MANIFEST_NAME, TASK_ORDER, Outcome, Unit, make_units, now_iso, print_plan, read_json, tasks_module,
-                    unit_is_done, write_json)
+from .units import (MANIFEST_NAME, RESULT_FILE, TASK_ORDER, Outcome, Unit, make_units, now_iso, print_plan,
+                    read_json, tasks_module, unit_is_done, write_json)
 
 if TYPE_CHECKING:  # imports the task registry, which the runner loads lazily
     from lighthubert_s3prl.superb.tasks import BatchPlan
@@ -68,10 +74,11 @@ class SuperbRunner:
         # processes start through self._execute, looked up at each call, so one method decides how they run
         self.executor = executor or UnitExecutor(opts, self.launcher, self.logs,
                                                  lambda cmd, log_path: self._execute(cmd, log_path))
+        self._worker = threading.local()  # under --executor local:N, which unit slot (GPUs) this thread holds
 
     def _execute(self, cmd: List[str], log_path: Path) -> Tuple[int, str]:
         """Run ``cmd`` appending its output to ``log_path``; return (exit code, this run's output)."""
-        return self.launcher.execute(cmd, log_path)
+        return self.launcher.execute(cmd, log_path, getattr(self._worker, "cuda_devices", None))
 
     # -- preparation --------------------------------------------------------------------------------
 
@@ -181,9 +188,8 @@ class SuperbRunner:
 
     # -- whole run -----------------------------------------------------------------------------------
 
-    def run(self) -> List[Outcome]:
-        if self.opts.dry_run:
-            return self.plan()
+    def prepare(self) -> None:
+        """Check the root, write the configs of the tasks with work left and the manifest: all before any unit."""
         self.check_identity()
         todo = [u for u in self.units if unit_is_done(u) is None]
         self.root.mkdir(parents=True, exist_ok=True)
@@ -191,6 +197,21 @@ class SuperbRunner:
         if todo and self.opts.device == "cpu":
             LOG.info("threads: %s", self.launcher.threads.reason)
         self.write_manifest()
+
+    def run(self) -> List[Outcome]:
+        if self.opts.dry_run:
+            return self.plan()
+        self.prepare()
+        if self.opts.parallel <= 1:
+            outcomes = self.run_units()
+        else:
+            ran = run_concurrently([(self, unit) for unit in self.units], self.opts.parallel, self.opts.fail_fast)
+            outcomes = [o for o in ran if o is not None]
+        self.write_summary(outcomes)
+        return outcomes
+
+    def run_units(self) -> List[Outcome]:
+        """Every unit in order, one at a time."""
         outcomes: List[Outcome] = []
         for i, unit in enumerate(self.units, 1):
             LOG.info("[%d/%d] %s", i, len(self.units), unit.label)
@@ -199,11 +220,98 @@ class SuperbRunner:
             if outcome.status == "failed" and self.opts.fail_fast:
                 LOG.error("stopping after the first failure (--fail-fast)")
                 break
-        self.write_summary(outcomes)
         return outcomes
+
+    def cuda_slots(self, parallel: int) -> List[Optional[str]]:
+        """The GPUs of each of ``parallel`` concurrent units (None each on the CPU)."""
+        if self.opts.device != "cuda":
+            return [None] * parallel
+        import torch
+
+        return list(gpu_slots(parallel, max(1, self.opts.gpus), os.environ.get("CUDA_VISIBLE_DEVICES"),
+                              torch.cuda.device_count()))
 
     def write_summary(self, outcomes: Sequence[Outcome]) -> None:
         report.write_summary(outcomes, self.root)
+
+
+def run_concurrently(work: Sequence[Tuple[SuperbRunner, Unit]], parallel: int,
+                     fail_fast: bool = False) -> List[Optional[Outcome]]:
+    """Run each ``(runner, unit)``, ``parallel`` at a time on this host, started in order; one outcome per
+    item, in order (None: never started).
+
+    Units are independent on disk (own expdir, lock and logs; configs are written before), so only the
+    slot pool is shared: on CUDA each slot is its own set of GPUs (the first runner's settings decide).
+    ``fail_fast`` starts no new unit after a failure and lets the running ones finish; so does an exception
+    or an interrupt, which then propagates.
+    """
+    if not work:
+        return []
+    slots: "queue.SimpleQueue[Optional[str]]" = queue.SimpleQueue()
+    for slot in work[0][0].cuda_slots(parallel):
+        slots.put(slot)
+    stop = threading.Event()
+
+    def run_one(i: int, runner: SuperbRunner, unit: Unit) -> Optional[Outcome]:
+        if stop.is_set():
+            return None
+        slot = slots.get()
+        runner._worker.cuda_devices = slot
+        try:
+            LOG.info("[%d/%d] %s%s", i, len(work), unit.label if runner.root == work[0][0].root else
+                     f"{runner.root.name}/{unit.label}", f" (GPUs {slot})" if slot else "")
+            outcome = runner.run_unit(unit)
+        except BaseException:
+            stop.set()  # at once: the main thread may still be waiting on an earlier unit
+            raise
+        finally:
+            slots.put(slot)
+        if outcome.status == "failed" and fail_fast and not stop.is_set():
+            stop.set()
+            LOG.error("starting no further unit after the first failure (--fail-fast)")
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="superb-unit") as pool:
+        futures = [pool.submit(run_one, i, runner, unit) for i, (runner, unit) in enumerate(work, 1)]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            stop.set()
+            for f in futures:
+                f.cancel()
+            raise
+
+
+def run_grid(opts: RunOptions, subnets: str) -> List[Outcome]:
+    """Every unit of every subnet of ``subnets`` (see :mod:`.grid`), each subnet in ``opts.exp_root/<name>``."""
+    from . import grid
+
+    if not opts.ckpt:
+        raise RunnerError("--subnets needs the supernet checkpoint the subnets are cut from: pass -k CKPT")
+    if opts.subnet:
+        raise RunnerError("--subnets and -g both choose the subnet; put the -g file into the --subnets list")
+    if opts.upstream not in LIGHTHUBERT_ENTRIES:
+        raise RunnerError(f"--subnets runs LightHuBERT subnets; -u {opts.upstream} is not a LightHuBERT entry")
+    members = grid.plan_grid(opts.ckpt, grid.read_grid_items(subnets), opts.exp_root)
+    runners = [SuperbRunner(replace(opts, upstream="lighthubert_local", ckpt=str(m.model), subnet=None,
+                                    exp_root=m.root)) for m in members]
+    for m in members:
+        LOG.info("grid: %s = %s, %s parameters -> %s", m.name, m.subnet.describe(), f"{m.params:,}", m.root)
+    if opts.dry_run:
+        return [o for r in runners for o in r.plan()]
+    grid.write_grid_record(opts.exp_root, opts.ckpt, members)
+    for m in members:
+        grid.export_member(opts.ckpt, m)
+    for r in runners:
+        r.prepare()
+    work = [(r, u) for r in runners for u in r.units]
+    ran = run_concurrently(work, opts.parallel, opts.fail_fast)
+    outcomes: List[Outcome] = []
+    for r in runners:
+        mine = [o for (owner, _), o in zip(work, ran) if owner is r and o is not None]
+        r.write_summary(mine)
+        outcomes += [replace(o, unit=f"{r.root.name}/{o.unit}") for o in mine]
+    return outcomes
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -229,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "lighthubert_base, lighthubert_stage1, lighthubert_local, lighthubert_subnet; or any s3prl name)")
     parser.add_argument("-k", "--ckpt", help="upstream checkpoint (s3prl -k)")
     parser.add_argument("-g", "--subnet", help="subnet/model config YAML (s3prl -g)")
+    parser.add_argument("--subnets", metavar="LIST|GRID.yaml",
+                        help="a grid: several subnets of the -k checkpoint (any -g spec: small,base,budget:small:20e6,"
+                             "random:small:3,my.yaml; or a YAML file with a 'subnets' list), each run in "
+                             "EXP_ROOT/<name>/ from its own compact export; EXP_ROOT/grid.json records them")
     parser.add_argument("--tasks", default="all", help=f"comma-separated subset of {','.join(TASK_ORDER)}, or all "
                         "(default all)")
     parser.add_argument("--data", help="one root for every task: a corpus from `lighthubert-s3prl make-corpus`, or "
@@ -255,8 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "it). Default: 1 if CUDA is available, else 0")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when --gpus > 0, else cpu")
     parser.add_argument("--seed", type=int, help="s3prl --seed (s3prl's default 1337)")
+    parser.add_argument("--executor", default="local", metavar="local|local:N",
+                        help="how units run: local (one at a time, the default) or local:N (N at once on this "
+                             "host: on CUDA each gets its own --gpus GPUs through CUDA_VISIBLE_DEVICES, on the CPU "
+                             "each gets 1/N of the CPUs as threads)")
     parser.add_argument("--threads", type=int, help="OMP/MKL threads per s3prl process (default: the CPUs this "
-                        "process may use, from its affinity and cgroup quota)")
+                        "process may use, from its affinity and cgroup quota, divided among the units at once)")
     parser.add_argument("--feature-cache-mb", type=float, metavar="MB",
                         help="keep a frozen LightHuBERT upstream's features of each utterance seen, up to MB per "
                              "s3prl process, instead of computing them every epoch (CPU only; exact). Default: "
@@ -315,6 +431,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         data=resolve_data(tasks, args.data, args.task_data, args.data_config), scale=args.scale,
         lr=parse_lr(args.lr, tasks), sets=sets, er_folds=er_folds, gpus=gpus, device=device,
         allow_cleaned_asv_trials=args.asv_cleaned_trials, seed=args.seed, threads=args.threads,
+        parallel=parse_executor(args.executor),
         feature_cache_mb=args.feature_cache_mb, dry_run=args.dry_run, stream=args.stream, fail_fast=args.fail_fast,
         test_during_training=args.test_during_training, extra_args=parse_s3prl_args(args.s3prl_args))
 
@@ -362,7 +479,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(asctime)s run_superb: %(message)s", datefmt="%H:%M:%S")
     try:
         opts = options_from_args(args)
-        outcomes = run_superb(opts)
+        if args.subnets and not args.exp_root:  # a grid root holds one folder per subnet: keep it apart
+            opts.exp_root = opts.exp_root.with_name(opts.exp_root.name + "-grid")
+        outcomes = run_grid(opts, args.subnets) if args.subnets else run_superb(opts)
     except RunnerError as err:
         print(f"run_superb: error: {err}", file=sys.stderr)
         return 2
@@ -370,7 +489,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"# dry run: {len(outcomes)} unit(s), nothing was run or written")
         return 0
     print()
-    print(format_summary(outcomes, opts.exp_root))
+    print(format_summary(outcomes, opts.exp_root, where_to_look=not args.subnets))
+    if args.subnets:
+        roots = list(dict.fromkeys(str(opts.exp_root / o.unit.split("/")[0]) for o in outcomes))
+        print(f"grid:    {opts.exp_root / 'grid.json'}; per subnet: <name>/<task>/{RESULT_FILE}, <name>/logs/, "
+              f"<name>/summary.txt")
+        print(f"table:   lighthubert-s3prl collect {' '.join(roots)} -o {opts.exp_root}/results")
     return 1 if any(o.status in ("failed", "busy") for o in outcomes) else 0
 
 
