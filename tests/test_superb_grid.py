@@ -182,3 +182,82 @@ def test_the_command_line_refuses_a_grid_without_its_checkpoint_or_with_g(tiny_c
     assert "--subnets and -g both choose the subnet" in capsys.readouterr().err
     assert runner_module.main(["-u", "hubert"] + base[2:] + ["--subnets", "small"]) == 2
     assert "is not a LightHuBERT entry" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------
+# collect over a grid, and the figure
+
+
+@pytest.mark.parametrize("points, higher, front", [
+    ([(1, 50), (2, 60), (3, 55), (4, 70)], True, [0, 1, 3]),  # (3, 55) is beaten by the smaller (2, 60)
+    ([(1, 50), (1, 52), (2, 52), (3, 53)], True, [1, 3]),  # equal size: only the better; equal score: the smaller
+    ([(3, 10.0), (1, 12.0), (2, 9.0)], False, [1, 2]),  # an error rate: lower is better
+    ([(5, 1.0)], True, [0]),
+    ([], True, []),
+])
+def test_pareto_front_keeps_exactly_the_undominated_points(points, higher, front):
+    from lighthubert_s3prl.superb.grid_figure import pareto_front
+
+    assert pareto_front(points, higher) == front
+    # independent check: a point is on the front iff no other point is no larger and strictly better, or
+    # strictly smaller and no worse
+    sign = 1 if higher else -1
+
+    def dominated(i):
+        ci, vi = points[i]
+        return any((cj <= ci and sign * vj > sign * vi) or (cj < ci and sign * vj >= sign * vi)
+                   for j, (cj, vj) in enumerate(points) if j != i)
+    assert sorted(front) == [i for i in range(len(points)) if not dominated(i)]
+
+
+@pytest.mark.parametrize("scale, published", [("full", True), ("mini", False)])
+def test_collect_gives_one_row_per_subnet_and_the_figure(scale, published, fake_grid, grid_file, tiny_ckpt,
+                                                         tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from lighthubert_s3prl.model.cost import analytic_macs
+    from lighthubert_s3prl.superb import collect as collect_module
+    from lighthubert_s3prl.superb import grid_figure
+
+    fake_grid()
+    root = tmp_path / "exp"
+    run_grid(replace(options(root, tiny_ckpt), scale=scale), str(grid_file))
+    drawn: Dict[str, list] = {}
+    real_draw = grid_figure.draw
+    monkeypatch.setattr(grid_figure, "draw", lambda points, label, path: (drawn.setdefault("points", list(points)),
+                                                                          real_draw(points, label, path))[1])
+    table = collect_module.collect([root], references="none")
+    paths = collect_module.write_outputs(table, tmp_path / "results")
+    cfg = load_checkpoint(tiny_ckpt).model_cfg
+    rows = [r for r in table.rows if r.kind == "ours"]
+    assert [r.name for r in rows] == MEMBERS
+    for row, spec in zip(rows, (NARROW, MID, FULL)):
+        subnet = SubnetConfig.from_dict(spec)
+        assert row.params_m == pytest.approx(count_parameters(subnet, cfg) / 1e6)
+        assert row.gmacs_per_s == pytest.approx(analytic_macs(subnet, cfg, 10.0) / 10.0 / 1e9)
+        assert row.values()["ks"] == pytest.approx(75.0)
+    assert paths["grid figure"].stat().st_size > 0
+    names = [p.name for p in drawn["points"]]
+    assert names[:3] == MEMBERS
+    assert any("LightHuBERT" in n for n in names) == published  # never beside mini-scale rows
+    assert "GMACs/s" in (tmp_path / "results" / "superb_results.md").read_text()
+
+
+def test_a_grid_root_refuses_names_and_params(fake_grid, grid_file, tiny_ckpt, tmp_path):
+    from lighthubert_s3prl.superb import collect as collect_module
+
+    fake_grid()
+    root = tmp_path / "exp"
+    run_grid(options(root, tiny_ckpt), str(grid_file))
+    with pytest.raises(collect_module.CollectError, match="is a subnet grid"):
+        collect_module.collect([root], names=["a"])
+
+
+def test_published_points_are_scored_over_the_grids_tasks_only():
+    from lighthubert_s3prl.superb.grid_figure import published_points
+    from lighthubert_s3prl.superb.reference import REFERENCES, superb_score
+
+    small = next(p for p in published_points(10.0, ("ks",)) if p.name.startswith("LightHuBERT Small"))
+    assert small.values["score"] == pytest.approx(superb_score(REFERENCES["lighthubert_small"].values, ("ks",)).value)
+    assert small.values["score"] != pytest.approx(superb_score(REFERENCES["lighthubert_small"].values).value)
+    assert small.params_m == REFERENCES["lighthubert_small"].params_m

@@ -398,8 +398,12 @@ def test_a_subnet_grid_through_the_real_runner_two_units_at_once(superb_ckpt, su
             result = json.loads((root / member["name"] / unit / units.RESULT_FILE).read_text())
             assert result["params"] == member["params"], (member["name"], unit)  # the unit ran that subnet
     collect = next(line for line in out.splitlines() if line.startswith("table:"))
-    argv = collect.split("lighthubert-s3prl ", 1)[1].split()
+    argv = collect.split("lighthubert-s3prl ", 1)[1].split("   (")[0].split()
+    assert argv == ["collect", str(root), "-o", f"{root}/results"]
     assert cli_main(argv + ["-q"]) == 0
     table = json.loads((root / "results" / "superb_results.json").read_text())
-    assert sorted(row["params_m"] for row in table["rows"] if row["kind"] == "ours") == \
-        sorted(m["params"] / 1e6 for m in record["members"])
+    ours = [row for row in table["rows"] if row["kind"] == "ours"]
+    assert [(r["name"], r["params_m"], r["gmacs_per_second"]) for r in ours] == \
+        [(m["name"], m["params"] / 1e6, m["gmacs_per_second"]) for m in record["members"]]
+    assert all(r["tasks"][t]["status"] == "done" for r in ours for t in ("ks",))
+    assert (root / "results" / "superb_grid.png").stat().st_size > 0

@@ -34,7 +34,8 @@ import yaml
 
 from lighthubert_s3prl.io_utils import atomic_write, atomic_write_text
 
-from . import reference
+from . import grid, grid_figure, reference
+from .options import RunnerError
 from .reference import OUR_TASKS, TASK_LABELS, ReferenceModel, Score, superb_score
 from .units import (DONE_FILE, FAILED_FILE, MANIFEST_NAME, RESULT_FILE, SWEEP_FILE, TRAIN_DONE_FILE, lock_owner,
                     now_iso, read_json, states_checkpoints, to_percent)
@@ -258,6 +259,7 @@ class ModelRow:
     source: str = ""
     scale: str = "full"  # the runner's task scale (manifest); mini/ci rows do not follow the SUPERB protocol
     synthetic: bool = False  # some task's data root is a `make-corpus` corpus
+    gmacs_per_s: Optional[float] = None  # a grid member's analytic GMACs per second of audio
 
     @property
     def offline(self) -> bool:
@@ -402,17 +404,23 @@ def _score_cells(table: Table, row: ModelRow, value: Optional[float]) -> List[Op
 
 def to_markdown(table: Table) -> str:
     score_headers = ([table.offline_header()] if table.offline else []) + [table.score_header()]
-    header = ["Model", "Params (M)"] + [TASK_LABELS[t] for t in OUR_TASKS] + score_headers + ["LB score"]
+    macs = any(r.gmacs_per_s is not None for r in table.rows)
+    header = ["Model", "Params (M)"] + (["GMACs/s"] if macs else []) + [TASK_LABELS[t] for t in OUR_TASKS] + \
+        score_headers + ["LB score"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row, score in table.row_scores():
         name = f"**{row.name}**" if row.kind == "ours" else f"{row.name} (published)"
-        cells = [name, _fmt(row.params_m)] + [row.tasks[t].display if t in row.tasks else "—" for t in OUR_TASKS]
+        cells = [name, _fmt(row.params_m)] + ([_fmt(row.gmacs_per_s)] if macs else []) + \
+            [row.tasks[t].display if t in row.tasks else "—" for t in OUR_TASKS]
         cells += [_fmt(v, 1) for v in _score_cells(table, row, score)] + [_fmt(row.leaderboard_score, 0)]
         lines.append("| " + " | ".join(cells) + " |")
     notes = ["", f"*{table.score_note()}*", "",
              "Metrics in percent: PER, WER and EER lower is better; accuracies higher is better. ER is the mean "
              "test accuracy of the 5 IEMOCAP folds. Status words instead of numbers: missing (never started), "
              "running, stopped (interrupted), untested (trained, no test result), failed, k/5 folds (ER incomplete)."]
+    if macs:
+        notes[-1] += (" GMACs/s: multiply-accumulates per second of audio, counted analytically for a "
+                      f"{grid.MACS_SECONDS:g} s utterance (as `lighthubert-s3prl profile`).")
     for row in table.rows:
         if row.kind != "ours":
             continue
@@ -433,11 +441,13 @@ def to_markdown(table: Table) -> str:
 def to_csv(table: Table) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["model", "kind", "params_m"] + list(OUR_TASKS) +
+    macs = any(r.gmacs_per_s is not None for r in table.rows)  # a grid's column only
+    writer.writerow(["model", "kind", "params_m"] + (["gmacs_per_second"] if macs else []) + list(OUR_TASKS) +
                     ["superb_score", "score_tasks", "score_partial", "leaderboard_score", "path_or_source"] +
                     (["offline"] if table.offline else []))
     for row, score in table.row_scores():
         writer.writerow([row.name, row.kind, "" if row.params_m is None else f"{row.params_m:.4f}"] +
+                        (["" if row.gmacs_per_s is None else f"{row.gmacs_per_s:.4f}"] if macs else []) +
                         [row.tasks[t].display if t in row.tasks else "" for t in OUR_TASKS] +
                         ["" if score is None else f"{score:.2f}", ",".join(table.score_tasks),
                          str(table.partial).lower(), "" if row.leaderboard_score is None else row.leaderboard_score,
@@ -447,9 +457,11 @@ def to_csv(table: Table) -> str:
 
 def to_json(table: Table) -> dict:
     rows = []
+    macs = any(r.gmacs_per_s is not None for r in table.rows)  # a grid's field only
     for row, score in table.row_scores():
         rows.append({
-            "name": row.name, "kind": row.kind, "params_m": row.params_m, "path": row.path or None,
+            "name": row.name, "kind": row.kind, "params_m": row.params_m,
+            **({"gmacs_per_second": row.gmacs_per_s} if macs else {}), "path": row.path or None,
             "source": row.source or None, "leaderboard_score": row.leaderboard_score,
             "superb_score": score,
             "scale": row.scale, "synthetic": row.synthetic,
@@ -558,7 +570,28 @@ def write_outputs(table: Table, out_dir: Union[str, Path]) -> Dict[str, Path]:
         "json": atomic_write_text(out / f"{OUTPUT_STEM}.json", json.dumps(to_json(table), indent=2) + "\n"),
     }
     paths["plot"] = plot(table, out / f"{OUTPUT_STEM}.png")
+    members = [r for r in table.rows if r.kind == "ours" and r.gmacs_per_s is not None]
+    if members:
+        paths["grid figure"] = grid_plot(table, out / grid_figure.FIGURE_NAME)
     return paths
+
+
+def grid_plot(table: Table, path: Path) -> Path:
+    """Score and task metrics of the grid's rows against parameters and MACs, Pareto fronts marked; the
+    published LightHuBERT rows beside them only when no row of ours is offline."""
+    points = []
+    for row, score in table.row_scores():
+        if row.kind != "ours" or row.gmacs_per_s is None or row.params_m is None:
+            continue
+        values = dict(row.values())
+        if score is not None:
+            values["score"] = score
+        points.append(grid_figure.GridPoint(row.name, row.params_m, row.gmacs_per_s, values))
+    if not table.offline:
+        points += grid_figure.published_points(grid.MACS_SECONDS, table.score_tasks)
+    label = (table.offline_header().partition(" (")[0] if table.offline else table.score_header())
+    tasks = ",".join(t.upper() for t in table.score_tasks) or "no task"
+    return grid_figure.draw(points, f"{label} over {tasks}", path)
 
 
 def collect(expdirs: Sequence[Union[str, Path]], names: Optional[Sequence[str]] = None,
@@ -575,8 +608,19 @@ def collect(expdirs: Sequence[Union[str, Path]], names: Optional[Sequence[str]] 
         refs = reference.select_references(references)
     except reference.ScoreError as err:
         raise CollectError(str(err)) from None
-    models = [collect_model(d, names[i] if names else None, params[i] if params else None)
-              for i, d in enumerate(expdirs)]
+    models: List[ModelRow] = []
+    for i, d in enumerate(expdirs):
+        record = grid.read_grid_record(Path(d).expanduser())
+        if record is None:
+            models.append(collect_model(d, names[i] if names else None, params[i] if params else None))
+            continue
+        if names or params:
+            raise CollectError(f"{d} is a subnet grid: its rows take their names and sizes from grid.json; "
+                               "drop --names/--params")
+        for member in record["members"]:  # one row per subnet, in the grid's order
+            row = collect_model(Path(d).expanduser() / member["name"], member["name"], member["params"] / 1e6)
+            row.gmacs_per_s = member.get("gmacs_per_second")
+            models.append(row)
     return build_table(models, refs)
 
 
@@ -601,7 +645,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         description="Collect s3prl SUPERB results (run_superb.sh experiment roots or plain s3prl expdirs) into "
                     "the paper-style table: Markdown, CSV, JSON and a parameters-vs-score plot, with published "
                     "reference rows beside ours. Unfinished tasks are shown by status, never as numbers.")
-    parser.add_argument("expdirs", nargs="+", metavar="EXPDIR", help="one per model row")
+    parser.add_argument("expdirs", nargs="+", metavar="EXPDIR",
+                        help="one per model row; a subnet grid's root (run_superb --subnets) gives one row per "
+                             "subnet, with MACs, and the size-vs-score figure superb_grid.png")
     parser.add_argument("--names", nargs="+", help="row names, one per EXPDIR (default: from run_superb.json)")
     parser.add_argument("--params", nargs="+", metavar="M", help="parameters in millions per EXPDIR ('auto': from logs)")
     parser.add_argument("--references", default="default",
@@ -612,7 +658,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         table = collect(args.expdirs, args.names, _parse_params(args.params), args.references)
-    except CollectError as err:
+    except (CollectError, RunnerError) as err:
         print(f"lighthubert-s3prl collect: error: {err}", file=sys.stderr)
         return 2
     paths = write_outputs(table, args.out_dir)

@@ -16,7 +16,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
@@ -26,6 +26,9 @@ from .options import RunnerError
 
 GRID_FILE = "grid.json"
 MODEL_FILE = "model.pt"
+#: MACs are quoted per second of audio, counted on an utterance this long (``profile``'s default): the
+#: attention's share grows with length, so the per-second figure depends on it
+MACS_SECONDS = 10.0
 _SUBNET_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -38,6 +41,7 @@ class GridMember:
     subnet: Any  # lighthubert_s3prl.model.config.SubnetConfig
     params: int
     root: Path
+    gmacs_per_second: float  # analytic, on a MACS_SECONDS utterance
 
     @property
     def model(self) -> Path:
@@ -45,6 +49,7 @@ class GridMember:
 
     def record(self) -> Dict[str, Any]:
         return {"name": self.name, "spec": self.spec, "subnet": self.subnet.to_dict(), "params": self.params,
+                "gmacs_per_second": self.gmacs_per_second, "macs_utterance_seconds": MACS_SECONDS,
                 "root": str(self.root), "model": str(self.model)}
 
 
@@ -78,6 +83,7 @@ def plan_grid(ckpt: str, items: Sequence[Union[str, Mapping[str, Any]]], root: P
     """Resolve every item against the checkpoint; names must be unique (they are folders)."""
     from lighthubert_s3prl.model.checkpoint import load_checkpoint
     from lighthubert_s3prl.model.config import ConfigError, count_parameters
+    from lighthubert_s3prl.model.cost import analytic_macs
 
     loaded = load_checkpoint(ckpt)
     members: List[GridMember] = []
@@ -96,8 +102,9 @@ def plan_grid(ckpt: str, items: Sequence[Union[str, Mapping[str, Any]]], root: P
             subnet = loaded.subnet(spec)
         except ConfigError as err:
             raise RunnerError(f"--subnets: {name}: {err}") from None
+        gmacs = analytic_macs(subnet, loaded.model_cfg, MACS_SECONDS) / MACS_SECONDS / 1e9
         members.append(GridMember(name, spec if isinstance(spec, str) else dict(spec), subnet,
-                                  count_parameters(subnet, loaded.model_cfg), root / name))
+                                  count_parameters(subnet, loaded.model_cfg), root / name, gmacs))
     names = [m.name for m in members]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -120,6 +127,17 @@ def export_member(ckpt: str, member: GridMember) -> Path:
     member.root.mkdir(parents=True, exist_ok=True)
     export_compact(ckpt, member.subnet, member.model)  # atomic: a crash leaves no half-written model
     return member.model
+
+
+def read_grid_record(root: Path) -> Optional[Dict[str, Any]]:
+    """The ``grid.json`` of ``root``, or None when ``root`` is no grid."""
+    path = Path(root) / GRID_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("members"), list):
+        raise RunnerError(f"{path} is not a grid record (no 'members' list); was it written by run_superb --subnets?")
+    return data
 
 
 def write_grid_record(root: Path, ckpt: str, members: Sequence[GridMember]) -> Path:

@@ -491,10 +491,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     print()
     print(format_summary(outcomes, opts.exp_root, where_to_look=not args.subnets))
     if args.subnets:
-        roots = list(dict.fromkeys(str(opts.exp_root / o.unit.split("/")[0]) for o in outcomes))
         print(f"grid:    {opts.exp_root / 'grid.json'}; per subnet: <name>/<task>/{RESULT_FILE}, <name>/logs/, "
               f"<name>/summary.txt")
-        print(f"table:   lighthubert-s3prl collect {' '.join(roots)} -o {opts.exp_root}/results")
+        print(f"table:   lighthubert-s3prl collect {opts.exp_root} -o {opts.exp_root}/results   (one row per "
+              "subnet, and the size-vs-score figure)")
     return 1 if any(o.status in ("failed", "busy") for o in outcomes) else 0
 
 
