@@ -56,6 +56,8 @@ setup(
         "hf": ["transformers>=4.40,<5", "safetensors>=0.4"],
         # `lighthubert-s3prl export --format onnx` and ONNX Runtime inference
         "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
+        # `run_superb.sh --executor slurm`: every unit a SLURM job
+        "slurm": ["submitit>=1.5"],
     },
     entry_points={
         "console_scripts": [

@@ -11,7 +11,8 @@ Installs into a virtual environment (default: .venv in the repository):
   - Debian packages libsox-dev (torchaudio's sox effects, used by the KS and ASV recipes) and zip
     (when running as root with apt-get; otherwise it checks and tells you what to install),
   - this package in editable mode with its pinned torch 2.8.0 / torchaudio 2.8.0 / s3prl 0.4.18 stack
-    and the extras in LIST (default: test; test,hf,onnx adds what the transformers and ONNX exports need).
+    and the extras in LIST (default: test; test,hf,onnx,slurm adds what the transformers and ONNX exports and the SLURM
+    executor need).
 USAGE
 }
 

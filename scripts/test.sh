@@ -19,7 +19,7 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # the suite tests every door, the optional exports included
-bash "$ROOT/scripts/install.sh" --extras test,hf,onnx
+bash "$ROOT/scripts/install.sh" --extras test,hf,onnx,slurm
 cd "$ROOT"
 export LIGHTHUBERT_S3PRL_OFFLINE=1
 PY="$ROOT/.venv/bin/python"

@@ -142,14 +142,16 @@ def test_gpu_slots_split_the_visible_devices_without_sharing():
         gpu_slots(3, 2, None, 4)
 
 
-@pytest.mark.parametrize("text, expected", [("local", 1), ("local:1", 1), ("local:4", 4), (" local:2 ", 2)])
+@pytest.mark.parametrize("text, expected", [("local", ("local", 1)), ("local:1", ("local", 1)),
+                                            ("local:4", ("local", 4)), (" local:2 ", ("local", 2)),
+                                            ("slurm", ("slurm", 1))])
 def test_executor_values(text, expected):
     assert parse_executor(text) == expected
 
 
-@pytest.mark.parametrize("text", ["local:0", "local:", "local:x", "slurmish", "local:-1", "remote:2"])
+@pytest.mark.parametrize("text", ["local:0", "local:", "local:x", "slurmish", "local:-1", "remote:2", "slurm:2"])
 def test_bad_executor_values_are_refused_with_the_forms_allowed(text):
-    with pytest.raises(RunnerError, match=r"use local \(one unit at a time\) or local:N"):
+    with pytest.raises(RunnerError, match=r"use local \(one unit at a time\), local:N .* or slurm"):
         parse_executor(text)
 
 

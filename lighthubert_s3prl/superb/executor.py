@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from lighthubert_s3prl.io_utils import atomic_write, atomic_write_text
 
 from .options import RunOptions
-from .units import (DONE_FILE, FAILED_FILE, LOCK_FILE, RESULT_FILE, SWEEP_FILE, TRAIN_DONE_FILE, Outcome, Unit,
+from .units import (DONE_FILE, FAILED_FILE, JOB_ID_ENV, LOCK_FILE, RESULT_FILE, SWEEP_FILE, TRAIN_DONE_FILE, Outcome, Unit,
                     UnitCommands, lock_owner, now_iso, outcome_from_result, read_json, sha256_of, states_checkpoints,
                     tasks_module, to_percent, unit_is_done, write_json)
 
@@ -53,7 +53,9 @@ class UnitExecutor:
             LOG.warning("%s: %s; leaving it alone", unit.label, msg)
             return Outcome(unit.name, unit.task, unit.fold, "busy", str(unit.expdir), message=msg)
         unit.expdir.mkdir(parents=True, exist_ok=True)
-        write_json(unit.expdir / LOCK_FILE, {"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso()})
+        job = os.environ.get(JOB_ID_ENV)
+        write_json(unit.expdir / LOCK_FILE, {"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso(),
+                                             **({"job": job} if job else {})})
         try:
             ok, message, params, train_seconds = self.train(unit)
             train_log = self.logs / f"{unit.name}.train.log"
@@ -69,7 +71,8 @@ class UnitExecutor:
                 "percent": to_percent(unit.task, result["value"]), "params": params,
                 "upstream": self.opts.upstream, "ckpt_file": self.opts.ckpt, "subnet": self.opts.subnet,
                 "scale": self.opts.scale, "train_log": str(train_log), "train_seconds": round(train_seconds, 1),
-                "test_seconds": round(time.monotonic() - test_started, 1), "finished": now_iso()})
+                "test_seconds": round(time.monotonic() - test_started, 1), "finished": now_iso(),
+                **({"job": job} if job else {})})
             # result first, done marker last: a crash in between leaves a unit that is re-tested, never
             # one that is marked done without its number
             write_json(unit.expdir / RESULT_FILE, result)

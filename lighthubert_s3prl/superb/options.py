@@ -27,6 +27,34 @@ class RunnerError(ValueError):
 
 
 @dataclass
+class SlurmSettings:
+    """What every unit job asks SLURM for (``--slurm-*`` options; GPUs per unit come from ``--gpus``)."""
+
+    folder: Path  # submitit's job folder: submission scripts, pickles, each job's stdout/stderr
+    partition: Optional[str] = None
+    time_min: int = 24 * 60
+    cpus_per_unit: Optional[int] = None
+    mem_gb: Optional[float] = None
+    array_parallelism: Optional[int] = None  # None: as many as SLURM allows
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    signal_delay_s: int = 120  # the warning before the time limit, for a clean stop and requeue
+    extra: Dict[str, str] = field(default_factory=dict)  # any other sbatch option, without the dashes
+
+
+def parse_extra(items: Sequence[str]) -> Dict[str, str]:
+    """``--slurm-extra KEY=VALUE`` (repeatable) -> sbatch options."""
+    out: Dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RunnerError(f"--slurm-extra {item!r}: expected KEY=VALUE, e.g. --slurm-extra exclude=node3")
+        out[key.strip().lstrip("-")] = value.strip()
+    return out
+
+
+@dataclass
 class RunOptions:
     """Everything a batch run needs, checked: the upstream, the tasks and their data, where results go."""
 
@@ -46,6 +74,7 @@ class RunOptions:
     seed: Optional[int] = None
     threads: Optional[int] = None
     parallel: int = 1  # units at a time on this host (--executor local:N)
+    slurm: Optional[SlurmSettings] = None  # --executor slurm: units as cluster jobs
     feature_cache_mb: Optional[float] = None  # None: feature_cache.SMALL_SCALE_CACHE_MB below the full scale
     dry_run: bool = False
     stream: bool = False
@@ -99,14 +128,16 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
-def parse_executor(text: str) -> int:
-    """``--executor``: ``local`` (one unit at a time) or ``local:N`` (N at once); returns N."""
+def parse_executor(text: str) -> Tuple[str, int]:
+    """``--executor``: ``local`` (one unit at a time), ``local:N`` (N at once) or ``slurm`` (cluster jobs);
+    returns the kind and the units at once on this host."""
     kind, sep, count = text.strip().partition(":")
-    if kind == "local" and not sep:
-        return 1
+    if kind in ("local", "slurm") and not sep:
+        return kind, 1
     if kind == "local" and count.isdigit() and int(count) >= 1:
-        return int(count)
-    raise RunnerError(f"--executor {text!r}: use local (one unit at a time) or local:N (N units at once, N >= 1)")
+        return kind, int(count)
+    raise RunnerError(f"--executor {text!r}: use local (one unit at a time), local:N (N units at once, N >= 1) "
+                      "or slurm (each unit a SLURM job, through submitit)")
 
 
 def gpu_slots(parallel: int, gpus: int, visible: Optional[str], device_count: int) -> List[str]:

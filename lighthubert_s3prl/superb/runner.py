@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 from . import report
 from .executor import UnitExecutor
 from .launch import Launcher
-from .options import (LIGHTHUBERT_ENTRIES, RunnerError, RunOptions, batch_plan_for, check_accumulation,
-                      default_exp_root, gpu_slots, parse_executor, parse_folds, parse_lr, parse_s3prl_args, parse_sets,
+from .options import (LIGHTHUBERT_ENTRIES, RunnerError, RunOptions, SlurmSettings, batch_plan_for,
+                      check_accumulation, default_exp_root, gpu_slots, parse_executor, parse_extra, parse_folds, parse_lr, parse_s3prl_args, parse_sets,
                       parse_task_list, resolve_data, run_subnet)
 from .report import format_summary
 from .units import (MANIFEST_NAME, RESULT_FILE, TASK_ORDER, Outcome, Unit, make_units, now_iso, print_plan,
@@ -202,7 +202,12 @@ class SuperbRunner:
         if self.opts.dry_run:
             return self.plan()
         self.prepare()
-        if self.opts.parallel <= 1:
+        if self.opts.slurm is not None:
+            from .cluster import run_on_cluster
+
+            ran = run_on_cluster([(self, unit) for unit in self.units], self.opts.slurm)
+            outcomes = [o for o in ran if o is not None]
+        elif self.opts.parallel <= 1:
             outcomes = self.run_units()
         else:
             ran = run_concurrently([(self, unit) for unit in self.units], self.opts.parallel, self.opts.fail_fast)
@@ -305,7 +310,12 @@ def run_grid(opts: RunOptions, subnets: str) -> List[Outcome]:
     for r in runners:
         r.prepare()
     work = [(r, u) for r in runners for u in r.units]
-    ran = run_concurrently(work, opts.parallel, opts.fail_fast)
+    if opts.slurm is not None:
+        from .cluster import run_on_cluster
+
+        ran = run_on_cluster(work, opts.slurm)
+    else:
+        ran = run_concurrently(work, opts.parallel, opts.fail_fast)
     outcomes: List[Outcome] = []
     for r in runners:
         mine = [o for (owner, _), o in zip(work, ran) if owner is r and o is not None]
@@ -367,10 +377,27 @@ def build_parser() -> argparse.ArgumentParser:
                              "it). Default: 1 if CUDA is available, else 0")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when --gpus > 0, else cpu")
     parser.add_argument("--seed", type=int, help="s3prl --seed (s3prl's default 1337)")
-    parser.add_argument("--executor", default="local", metavar="local|local:N",
-                        help="how units run: local (one at a time, the default) or local:N (N at once on this "
+    parser.add_argument("--executor", default="local", metavar="local|local:N|slurm",
+                        help="how units run: local (one at a time, the default), local:N (N at once on this "
                              "host: on CUDA each gets its own --gpus GPUs through CUDA_VISIBLE_DEVICES, on the CPU "
-                             "each gets 1/N of the CPUs as threads)")
+                             "each gets 1/N of the CPUs as threads) or slurm (each unit a job of one SLURM job "
+                             "array, through submitit; requeued on timeout or preemption; --slurm-* options)")
+    slurm = parser.add_argument_group("--executor slurm (GPUs per unit: --gpus)")
+    slurm.add_argument("--slurm-partition", help="partition to submit to")
+    slurm.add_argument("--slurm-time", type=int, default=24 * 60, metavar="MIN",
+                       help="time limit of each unit job in minutes (default 1440); a unit that hits it is "
+                            "requeued and resumes from its newest checkpoint")
+    slurm.add_argument("--slurm-cpus", type=int, metavar="N", help="CPUs per unit job (its s3prl threads follow)")
+    slurm.add_argument("--slurm-mem-gb", type=float, metavar="GB", help="memory per unit job")
+    slurm.add_argument("--slurm-array-parallelism", type=int, metavar="N",
+                       help="unit jobs running at once (the job array's %%N cap; default: no cap)")
+    slurm.add_argument("--slurm-account", help="account to charge")
+    slurm.add_argument("--slurm-qos", help="quality of service")
+    slurm.add_argument("--slurm-constraint", help="node features, e.g. a100")
+    slurm.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other sbatch option, e.g. --slurm-extra exclude=node3 (repeatable)")
+    slurm.add_argument("--slurm-folder", metavar="DIR",
+                       help="submitit's folder: job scripts and each job's output (default EXP_ROOT/slurm)")
     parser.add_argument("--threads", type=int, help="OMP/MKL threads per s3prl process (default: the CPUs this "
                         "process may use, from its affinity and cgroup quota, divided among the units at once)")
     parser.add_argument("--feature-cache-mb", type=float, metavar="MB",
@@ -412,7 +439,10 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     gpus = args.gpus
     if gpus is not None and gpus < 0:
         raise RunnerError("--gpus must be 0 or more")
-    if gpus is None or (args.device is None and gpus > 0):
+    executor, parallel = parse_executor(args.executor)
+    if executor == "slurm":  # the GPUs are on the nodes, not on the host that submits: take --gpus as given
+        gpus = gpus or 0
+    elif gpus is None or (args.device is None and gpus > 0):
         import torch
 
         has_cuda = torch.cuda.is_available()
@@ -431,9 +461,28 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         data=resolve_data(tasks, args.data, args.task_data, args.data_config), scale=args.scale,
         lr=parse_lr(args.lr, tasks), sets=sets, er_folds=er_folds, gpus=gpus, device=device,
         allow_cleaned_asv_trials=args.asv_cleaned_trials, seed=args.seed, threads=args.threads,
-        parallel=parse_executor(args.executor),
+        parallel=parallel, slurm=slurm_settings(args, executor, exp_root.resolve()),
         feature_cache_mb=args.feature_cache_mb, dry_run=args.dry_run, stream=args.stream, fail_fast=args.fail_fast,
         test_during_training=args.test_during_training, extra_args=parse_s3prl_args(args.s3prl_args))
+
+
+def slurm_settings(args: argparse.Namespace, executor: str, exp_root: Path) -> Optional[SlurmSettings]:
+    """The ``--slurm-*`` options for ``--executor slurm`` (None for the local executors, which refuse them)."""
+    given = [name for name in vars(args) if name.startswith("slurm_") and getattr(args, name) not in
+             (None, [], build_parser().get_default(name))]
+    if executor != "slurm":
+        if given:
+            raise RunnerError(f"--{given[0].replace('_', '-')} applies to --executor slurm only")
+        return None
+    for name in ("slurm_time", "slurm_cpus", "slurm_array_parallelism"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise RunnerError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    return SlurmSettings(
+        folder=Path(args.slurm_folder).expanduser().resolve() if args.slurm_folder else exp_root / "slurm",
+        partition=args.slurm_partition, time_min=args.slurm_time, cpus_per_unit=args.slurm_cpus,
+        mem_gb=args.slurm_mem_gb, array_parallelism=args.slurm_array_parallelism, account=args.slurm_account,
+        qos=args.slurm_qos, constraint=args.slurm_constraint, extra=parse_extra(args.slurm_extra))
 
 
 def run_superb(opts: RunOptions) -> List[Outcome]:
@@ -481,6 +530,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         opts = options_from_args(args)
         if args.subnets and not args.exp_root:  # a grid root holds one folder per subnet: keep it apart
             opts.exp_root = opts.exp_root.with_name(opts.exp_root.name + "-grid")
+            if opts.slurm is not None and not args.slurm_folder:
+                opts.slurm.folder = opts.exp_root / "slurm"
         outcomes = run_grid(opts, args.subnets) if args.subnets else run_superb(opts)
     except RunnerError as err:
         print(f"run_superb: error: {err}", file=sys.stderr)

@@ -85,10 +85,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+#: set in a cluster job to its job id (``12345`` or ``12345_3`` in an array): recorded in the unit's lock and
+#: result, and lets a requeued job take over the lock its earlier run left (maybe on another node)
+JOB_ID_ENV = "LIGHTHUBERT_S3PRL_JOB_ID"
+
+
 def lock_owner(expdir: Union[str, Path]) -> Optional[dict]:
-    """The live runner working on ``expdir`` (same host), or None."""
+    """The live runner working on ``expdir`` (same host), or None. A lock left by this very cluster job (an
+    earlier run of it, before a requeue) is not an owner."""
     info = read_json(Path(expdir) / LOCK_FILE)
     if not isinstance(info, dict):
+        return None
+    job = os.environ.get(JOB_ID_ENV)
+    if job and info.get("job") == job:
         return None
     if info.get("host") != socket.gethostname():
         return info  # cannot check another machine's pids: assume it is alive
