@@ -41,8 +41,11 @@ wait_until() {  # seconds what command...
   done
 }
 
-alive() {  # pidfile
-  [[ -s "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null
+alive() {  # pidfile: the daemon it names still runs (a stale file's pid may belong to another process)
+  [[ -s "$1" ]] || return 1
+  local pid
+  pid="$(cat "$1")"
+  kill -0 "$pid" 2>/dev/null && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$(basename "$1" .pid)" ]]
 }
 
 node_ready() {
@@ -126,11 +129,20 @@ EOF
 stop() {
   command -v scancel >/dev/null 2>&1 && scancel --user "$(id -un)" 2>/dev/null || true
   local name
+  local name pid tries
   for name in slurmd slurmctld; do
     if alive "$BASE/$name.pid"; then
-      kill "$(cat "$BASE/$name.pid")"
+      pid="$(cat "$BASE/$name.pid")"
+      kill "$pid"
+      # slurmctld saves its state before it exits: a start right after must not find it still alive
+      for (( tries = 0; tries < 100; tries++ )); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.3
+      done
+      kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
       say "stopped $name"
     fi
+    rm -f "$BASE/$name.pid"
   done
   pkill -x munged 2>/dev/null && say "stopped munged" || true
 }
