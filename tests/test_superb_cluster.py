@@ -65,13 +65,19 @@ def test_each_unit_runs_as_its_own_job_and_records_it(fake_python, tiny_ckpt, tm
     assert all(len(jobs_of(d)) == 1 for d in (root / "ks", root / "er" / "fold1"))
 
 
-def test_a_grid_through_jobs(fake_python, tiny_ckpt, tmp_path):
+def run_two_subnet_grid(tmp_path: Path, python: str, ckpt: Path, time_min: int) -> Path:
+    """The grid of GRID (2 subnets x KS and one ER fold) as unit jobs, two at a time; every unit must finish."""
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(GRID)
     root = tmp_path / "exp"
-    outcomes = run_grid(options(root, fake_python, tiny_ckpt, time_min=5, array_parallelism=2), str(grid_file))
+    outcomes = run_grid(options(root, python, ckpt, time_min=time_min, array_parallelism=2), str(grid_file))
     assert sorted((o.unit, o.status) for o in outcomes) == [
         ("full/er_fold1", "done"), ("full/ks", "done"), ("narrow/er_fold1", "done"), ("narrow/ks", "done")]
+    return root
+
+
+def test_a_grid_through_jobs(fake_python, tiny_ckpt, tmp_path):
+    root = run_two_subnet_grid(tmp_path, fake_python, tiny_ckpt, time_min=5)
     for member in ("narrow", "full"):
         cmd = json.loads((root / member / "ks" / units.RESULT_FILE).read_text())
         assert cmd["ckpt_file"] == str(root / member / "model.pt")  # the job ran its member's export
@@ -174,12 +180,7 @@ def test_a_grid_on_a_real_one_machine_slurm(fake_python, tiny_ckpt, tmp_path, mo
             pytest.fail(f"{REAL_SLURM_ENV} is set but no SLURM cluster answers (scripts/slurm_local.sh start)")
         pytest.skip("no SLURM cluster answers here; scripts/slurm_local.sh start runs one (as root)")
     monkeypatch.delenv(cluster.CLUSTER_ENV)
-    grid_file = tmp_path / "grid.yaml"
-    grid_file.write_text(GRID)
-    root = tmp_path / "exp"
-    outcomes = run_grid(options(root, fake_python, tiny_ckpt, time_min=10, array_parallelism=2), str(grid_file))
-    assert sorted((o.unit, o.status) for o in outcomes) == [
-        ("full/er_fold1", "done"), ("full/ks", "done"), ("narrow/er_fold1", "done"), ("narrow/ks", "done")]
+    root = run_two_subnet_grid(tmp_path, fake_python, tiny_ckpt, time_min=10)
     runs = [jobs_of(root / m / u)[0] for m in ("narrow", "full") for u in ("ks", "er/fold1")]
     array = {r["job"].split("_")[0] for r in runs}
     assert len(array) == 1 and sorted(r["job"].split("_")[1] for r in runs) == ["0", "1", "2", "3"]  # one array
