@@ -238,3 +238,9 @@ def test_the_runner_refuses_a_negative_cache_size(monkeypatch, tmp_path):
 
     with pytest.raises(RunnerError, match="--feature-cache-mb -1: give a size in MB"):
         _run_env(["--feature-cache-mb", "-1"], monkeypatch, tmp_path)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0.0])
+def test_a_freeze_cnn_that_is_not_a_boolean_is_refused(value, tiny_ckpt):
+    with pytest.raises(ConfigError, match=r"freeze_cnn=.*; give true or false"):
+        UpstreamExpert(tiny_ckpt, freeze_cnn=value)

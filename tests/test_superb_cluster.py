@@ -187,3 +187,22 @@ def test_a_grid_on_a_real_one_machine_slurm(fake_python, tiny_ckpt, tmp_path, mo
     assert all(r["slurm_job_id"] for r in runs)
     scripts = list((root / "slurm").glob("*submission.sh"))
     assert scripts and "#SBATCH --array=0-3%2" in scripts[0].read_text()
+
+
+def test_a_job_that_ends_without_a_result_fails_its_unit_with_the_reason(fake_python, tiny_ckpt, tmp_path):
+    """A job that raises (here: asked for a unit its rebuilt runner does not have) is a failed unit whose
+    message carries the job's error, not a hang or a crash of the submitting command."""
+    root = tmp_path / "exp"
+    runner = SuperbRunner(options(root, fake_python, tiny_ckpt, time_min=5))
+    stray = units.Unit("sid", None, root / "sid")  # sid is not among this run's tasks (ks, er)
+    [outcome] = cluster.run_on_cluster([(runner, stray)], runner.opts.slurm)
+    assert outcome.status == "failed" and outcome.unit == "sid"
+    assert "ended without a result" in outcome.message
+    assert "unit 'sid' is not among this run's units (ks, er_fold1)" in outcome.message
+
+
+def test_an_unknown_submitit_cluster_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv(cluster.CLUSTER_ENV, "debug")
+    with pytest.raises(RunnerError, match=r"LIGHTHUBERT_S3PRL_SUBMITIT_CLUSTER='debug': use slurm \(the default\) or local"):
+        cluster.make_executor(SlurmSettings(folder=tmp_path), RunOptions(upstream="x", tasks=[], data={},
+                                                                         exp_root=tmp_path))

@@ -261,3 +261,28 @@ def test_published_points_are_scored_over_the_grids_tasks_only():
     assert small.values["score"] == pytest.approx(superb_score(REFERENCES["lighthubert_small"].values, ("ks",)).value)
     assert small.values["score"] != pytest.approx(superb_score(REFERENCES["lighthubert_small"].values).value)
     assert small.params_m == REFERENCES["lighthubert_small"].params_m
+
+
+def test_an_unparsable_grid_file_is_named(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text("subnets: [small\n")
+    with pytest.raises(RunnerError, match=r"--subnets .*grid.yaml: cannot parse it"):
+        grid.read_grid_items(str(path))
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"checkpoint": "x"}', "[1, 2]"])
+def test_a_broken_grid_record_is_refused_by_collect(content, tmp_path, capsys):
+    from lighthubert_s3prl.superb import collect as collect_module
+
+    (tmp_path / "grid.json").write_text(content)
+    assert collect_module.main([str(tmp_path), "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert "grid.json is not a grid record (unreadable, or no 'members' list)" in capsys.readouterr().err
+
+
+def test_a_grid_needs_the_checkpoint_its_subnets_are_cut_from(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    argv = ["-u", "lighthubert_small", "--tasks", "ks", "--data", str(corpus), "--gpus", "0",
+            "--exp-root", str(tmp_path / "e"), "--dry-run", "--subnets", "small"]
+    assert runner_module.main(argv) == 2
+    assert "--subnets needs the supernet checkpoint the subnets are cut from: pass -k CKPT" in capsys.readouterr().err

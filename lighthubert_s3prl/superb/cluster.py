@@ -7,8 +7,8 @@ from the pickled options and runs the unit exactly as a local run would, in its 
 (affinity) set the threads, its GPUs are the ones SLURM gave it, and ``--gpus N > 1`` runs torchrun inside.
 
 Preemption and time limits: a unit job is checkpointable. When SLURM signals the end of its time (or a
-preemption), submitit asks the job for a checkpoint; the job stops its s3prl process and hands itself back
-for requeueing, and the requeued run resumes training from the newest ``states-*.ckpt`` (s3prl's ``-a``),
+preemption), submitit asks the job for a checkpoint; the job hands itself back for requeueing (the
+scheduler stops its s3prl with it), and the requeued run resumes training from the newest ``states-*.ckpt`` (s3prl's ``-a``),
 taking over the lock its earlier run left. The job id is in the lock, the unit's result and
 ``superb_jobs.json`` (one line per run of the unit, requeues included).
 
@@ -18,14 +18,14 @@ machine (the tests do): a way to try a cluster command line without a cluster.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
+import re
 import socket
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .options import RunnerError, RunOptions, SlurmSettings
-from .units import JOB_ID_ENV, Outcome, Unit, now_iso, unit_is_done
+from .units import JOB_ID_ENV, Outcome, Unit, now_iso, read_json, unit_is_done, write_json
 
 LOG = logging.getLogger("lighthubert_s3prl.superb.runner")
 
@@ -53,46 +53,34 @@ class UnitJob:
         self.opts = opts
         self.unit_name = unit_name
         self.runner_class = runner_class
-        self._runner: Any = None  # the job process's runner, for checkpoint()
-
-    def __getstate__(self) -> Dict[str, Any]:
-        return {"opts": self.opts, "unit_name": self.unit_name, "runner_class": self.runner_class}
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__init__(state["opts"], state["unit_name"], state["runner_class"])  # type: ignore[misc]
 
     def __call__(self) -> Outcome:
         job_id = str(_submitit().JobEnvironment().job_id)
         os.environ[JOB_ID_ENV] = job_id
         logging.basicConfig(level=logging.INFO, format="%(asctime)s run_superb: %(message)s", datefmt="%H:%M:%S")
         runner = self.runner_class(dataclasses.replace(self.opts, parallel=1))
-        self._runner = runner
-        unit = next(u for u in runner.units if u.name == self.unit_name)
+        unit = next((u for u in runner.units if u.name == self.unit_name), None)
+        if unit is None:
+            raise RunnerError(f"unit {self.unit_name!r} is not among this run's units "
+                              f"({', '.join(u.name for u in runner.units)}); were the options changed?")
         record_run(unit, job_id)
         return runner.run_unit(unit)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        """Called by submitit before a timeout or preemption: stop s3prl (its newest checkpoint stays) and be
-        submitted again; the next run resumes the unit from there."""
-        if self._runner is not None:
-            self._runner.launcher.stop_running()
-        return _submitit().helpers.DelayedSubmission(UnitJob(self.opts, self.unit_name, self.runner_class),
-                                                     *args, **kwargs)
+        """Called by submitit before a timeout or preemption: be submitted again as is. The scheduler stops
+        this run's s3prl with the job; the next run resumes the unit from its newest checkpoint (``-a``)."""
+        return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)
 
 
 def record_run(unit: Unit, job_id: str) -> None:
     """Append this run of ``unit`` (job id, host, time) to its ``superb_jobs.json``."""
-    from lighthubert_s3prl.io_utils import atomic_write_text
-
     path = unit.expdir / JOBS_FILE
     unit.expdir.mkdir(parents=True, exist_ok=True)
-    try:
-        runs = json.loads(path.read_text()) if path.is_file() else []
-    except ValueError:
-        runs = []
+    runs = read_json(path)
+    runs = runs if isinstance(runs, list) else []
     runs.append({"job": job_id, "host": socket.gethostname(), "started": now_iso(),
                  "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
-    atomic_write_text(path, json.dumps(runs, indent=2) + "\n")
+    write_json(path, runs)
 
 
 def make_executor(settings: SlurmSettings, opts: RunOptions) -> Any:
@@ -148,11 +136,18 @@ def run_on_cluster(work: Sequence[Tuple[Any, Unit]], settings: SlurmSettings) ->
         try:
             outcomes[i] = job.result()
         except Exception as err:  # noqa: BLE001 - a job that died (cancelled, node failure): the unit failed
-            message = f"job {job.job_id} ended without a result: {str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}"
+            message = f"job {job.job_id} ended without a result: {_job_error(err)}"
             LOG.error("%s: %s (submitit logs: %s)", _label(runner, unit), message, settings.folder)
             outcomes[i] = Outcome(unit.name, unit.task, unit.fold, "failed", str(unit.expdir), message=message,
                                   logs=[str(settings.folder)])
     return outcomes
+
+
+def _job_error(err: BaseException) -> str:
+    """The job's own exception line out of submitit's report (which ends with log paths), else its first line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", line)]
+    return raised[-1] if raised else (lines[0] if lines else type(err).__name__)
 
 
 def _label(runner: Any, unit: Unit) -> str:

@@ -12,7 +12,6 @@ a subnet file) or ``{name: NAME, subnet: SPEC-OR-DICT}``.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
-from lighthubert_s3prl.io_utils import atomic_write_text
-
 from .options import RunnerError
+from .units import read_json, write_json
 
 GRID_FILE = "grid.json"
 MODEL_FILE = "model.pt"
@@ -134,16 +132,14 @@ def read_grid_record(root: Path) -> Optional[Dict[str, Any]]:
     path = Path(root) / GRID_FILE
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("members"), list):
-        raise RunnerError(f"{path} is not a grid record (no 'members' list); was it written by run_superb --subnets?")
+        raise RunnerError(f"{path} is not a grid record (unreadable, or no 'members' list); was it written by "
+                          "run_superb --subnets?")
     return data
 
 
 def write_grid_record(root: Path, ckpt: str, members: Sequence[GridMember]) -> Path:
     """``EXP/grid.json``: the checkpoint and every member, for ``collect`` and for the next run."""
-    path = root / GRID_FILE
     root.mkdir(parents=True, exist_ok=True)
-    data = {"checkpoint": ckpt, "members": [m.record() for m in members]}
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-    return path
+    return write_json(root / GRID_FILE, {"checkpoint": ckpt, "members": [m.record() for m in members]})

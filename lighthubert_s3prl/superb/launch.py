@@ -10,7 +10,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Set, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from lighthubert_s3prl.cpu_budget import choose_threads
 
@@ -28,18 +28,6 @@ class Launcher:
         self.configs = configs
         # the available CPUs are shared by the units running at once (--executor local:N), unless told otherwise
         self.threads = choose_threads(opts.parallel, opts.threads)
-        self.running: Set[subprocess.Popen] = set()  # s3prl processes started and not yet waited for
-
-    def stop_running(self, grace_s: float = 10.0) -> None:
-        """Stop every s3prl process still running (SIGTERM, then SIGKILL after ``grace_s``): a cluster job that
-        is about to be requeued must not leave its training behind, writing checkpoints beside the next run."""
-        for proc in list(self.running):
-            proc.terminate()
-        for proc in list(self.running):
-            try:
-                proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
     def _launcher(self, distributed: bool) -> List[str]:
         if distributed and self.opts.gpus > 1:
@@ -113,26 +101,15 @@ class Launcher:
             if self.opts.stream:
                 proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         env=env, cwd=self.opts.exp_root)
-                self.running.add(proc)
                 assert proc.stdout is not None
                 for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
                     log.write(chunk)
                     sys.stderr.buffer.write(chunk)
                     sys.stderr.flush()
-            else:
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.opts.exp_root)
-                self.running.add(proc)
-            try:
                 rc = proc.wait()
-            except BaseException:  # Ctrl-C or a stop from above: the child goes too, as subprocess.run does it
-                try:
-                    proc.wait(timeout=0.25)  # a terminal's Ctrl-C reached it as well: let it end on its own
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                raise
-            finally:
-                self.running.discard(proc)
+            else:
+                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    cwd=self.opts.exp_root).returncode
             log.write(f"===== exit code {rc}\n".encode())
         with open(log_path, "rb") as log:
             log.seek(start)

@@ -202,16 +202,10 @@ class SuperbRunner:
         if self.opts.dry_run:
             return self.plan()
         self.prepare()
-        if self.opts.slurm is not None:
-            from .cluster import run_on_cluster
-
-            ran = run_on_cluster([(self, unit) for unit in self.units], self.opts.slurm)
-            outcomes = [o for o in ran if o is not None]
-        elif self.opts.parallel <= 1:
+        if self.opts.slurm is None and self.opts.parallel <= 1:
             outcomes = self.run_units()
         else:
-            ran = run_concurrently([(self, unit) for unit in self.units], self.opts.parallel, self.opts.fail_fast)
-            outcomes = [o for o in ran if o is not None]
+            outcomes = [o for o in run_work([(self, unit) for unit in self.units], self.opts) if o is not None]
         self.write_summary(outcomes)
         return outcomes
 
@@ -240,6 +234,16 @@ class SuperbRunner:
         report.write_summary(outcomes, self.root)
 
 
+def run_work(work: Sequence[Tuple[SuperbRunner, Unit]], opts: RunOptions) -> List[Optional[Outcome]]:
+    """Each ``(runner, unit)`` through the executor ``opts`` names: cluster jobs, or ``opts.parallel`` at a time
+    here; one outcome per item, in order (None: never started)."""
+    if opts.slurm is not None:
+        from .cluster import run_on_cluster
+
+        return run_on_cluster(work, opts.slurm)
+    return run_concurrently(work, opts.parallel, opts.fail_fast)
+
+
 def run_concurrently(work: Sequence[Tuple[SuperbRunner, Unit]], parallel: int,
                      fail_fast: bool = False) -> List[Optional[Outcome]]:
     """Run each ``(runner, unit)``, ``parallel`` at a time on this host, started in order; one outcome per
@@ -256,6 +260,7 @@ def run_concurrently(work: Sequence[Tuple[SuperbRunner, Unit]], parallel: int,
     for slot in work[0][0].cuda_slots(parallel):
         slots.put(slot)
     stop = threading.Event()
+    several_roots = len({id(runner) for runner, _ in work}) > 1  # a grid: say which subnet a unit belongs to
 
     def run_one(i: int, runner: SuperbRunner, unit: Unit) -> Optional[Outcome]:
         if stop.is_set():
@@ -263,8 +268,8 @@ def run_concurrently(work: Sequence[Tuple[SuperbRunner, Unit]], parallel: int,
         slot = slots.get()
         runner._worker.cuda_devices = slot
         try:
-            LOG.info("[%d/%d] %s%s", i, len(work), unit.label if runner.root == work[0][0].root else
-                     f"{runner.root.name}/{unit.label}", f" (GPUs {slot})" if slot else "")
+            LOG.info("[%d/%d] %s%s", i, len(work), f"{runner.root.name}/{unit.label}" if several_roots else
+                     unit.label, f" (GPUs {slot})" if slot else "")
             outcome = runner.run_unit(unit)
         except BaseException:
             stop.set()  # at once: the main thread may still be waiting on an earlier unit
@@ -310,12 +315,7 @@ def run_grid(opts: RunOptions, subnets: str) -> List[Outcome]:
     for r in runners:
         r.prepare()
     work = [(r, u) for r in runners for u in r.units]
-    if opts.slurm is not None:
-        from .cluster import run_on_cluster
-
-        ran = run_on_cluster(work, opts.slurm)
-    else:
-        ran = run_concurrently(work, opts.parallel, opts.fail_fast)
+    ran = run_work(work, opts)
     outcomes: List[Outcome] = []
     for r in runners:
         mine = [o for (owner, _), o in zip(work, ran) if owner is r and o is not None]
@@ -454,6 +454,8 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     if gpus > 1 and device != "cuda":
         raise RunnerError("--gpus > 1 trains with DDP on CUDA; drop --device cpu")
     exp_root = Path(args.exp_root).expanduser() if args.exp_root else default_exp_root(args.upstream, args.ckpt, args.subnet)
+    if args.subnets and not args.exp_root:  # a grid root holds one folder per subnet: keep it apart
+        exp_root = exp_root.with_name(exp_root.name + "-grid")
     sets = parse_sets(args.sets, tasks)
     check_accumulation(tasks, args.scale, sets, gpus)
     return RunOptions(
@@ -468,8 +470,9 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
 
 def slurm_settings(args: argparse.Namespace, executor: str, exp_root: Path) -> Optional[SlurmSettings]:
     """The ``--slurm-*`` options for ``--executor slurm`` (None for the local executors, which refuse them)."""
+    defaults = build_parser()
     given = [name for name in vars(args) if name.startswith("slurm_") and getattr(args, name) not in
-             (None, [], build_parser().get_default(name))]
+             (None, [], defaults.get_default(name))]
     if executor != "slurm":
         if given:
             raise RunnerError(f"--{given[0].replace('_', '-')} applies to --executor slurm only")
@@ -528,10 +531,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(asctime)s run_superb: %(message)s", datefmt="%H:%M:%S")
     try:
         opts = options_from_args(args)
-        if args.subnets and not args.exp_root:  # a grid root holds one folder per subnet: keep it apart
-            opts.exp_root = opts.exp_root.with_name(opts.exp_root.name + "-grid")
-            if opts.slurm is not None and not args.slurm_folder:
-                opts.slurm.folder = opts.exp_root / "slurm"
         outcomes = run_grid(opts, args.subnets) if args.subnets else run_superb(opts)
     except RunnerError as err:
         print(f"run_superb: error: {err}", file=sys.stderr)
