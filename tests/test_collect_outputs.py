@@ -36,12 +36,12 @@ PARTIAL_NOTE = ("SUPERB score (partial): computed over 2/10 tasks (PR, ASV) as 1
                 "(x − FBANK)/(SOTA − FBANK) — the leaderboard formula restricted to these tasks, for every row "
                 "alike. It is comparable within this table only; 'LB score' is the published 10-task "
                 "leaderboard score.")
-METRICS_NOTE = ("Metrics in percent: PER, WER and EER lower is better; accuracies higher is better. ER is the mean "
-                "test accuracy of the 5 IEMOCAP folds. Status words instead of numbers: missing (never started), "
+METRICS_NOTE = ("Metrics in percent: PER, WER, EER and DER lower is better; accuracies higher is better; QbE is "
+                "MTWV (higher is better); SF is slot-type F1 / slot-value CER. ER is the mean test accuracy of the 5 IEMOCAP folds. Status words instead of numbers: missing (never started), "
                 "running, stopped (interrupted), untested (trained, no test result), failed, k/5 folds (ER "
                 "incomplete).")
 HEADER = ("| Model | Params (M) | PR PER↓ | KS Acc↑ | IC Acc↑ | SID Acc↑ | ER Acc↑ | ASR WER↓ | ASV EER↓ | "
-          "{score} | LB score |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+          "SD DER↓ | QbE MTWV↑ | SF F1↑/CER↓ | {score} | LB score |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 
 
 def _missing_row(name: str, path: str, **done: float) -> ModelRow:
@@ -79,10 +79,12 @@ def _format_table() -> Table:
 
 
 FORMAT_MD = HEADER.format(score="SUPERB score (partial, 2 tasks)") + (
-    "| **tiny** | 2.50 | 12.50 | untested | missing | running | 3/5 folds (failed) | failed | 5.25 | -123.5 | — |\n"
-    "| Ref A (published) | 94.68 | 5.41 | 96.30 | — | — | — | — | — | 880.0 | 941 |\n"
-    "| **tiny** | — | 30.00 | missing | missing | missing | missing | missing | missing | 7.3 | — |\n"
-    "| Ref B (published) | — | — | — | — | — | — | — | — | — | — |\n"
+    "| **tiny** | 2.50 | 12.50 | untested | missing | running | 3/5 folds (failed) | failed | 5.25 | — | — | — | -123.5 "
+    "| — |\n"
+    "| Ref A (published) | 94.68 | 5.41 | 96.30 | — | — | — | — | — | — | — | — | 880.0 | 941 |\n"
+    "| **tiny** | — | 30.00 | missing | missing | missing | missing | missing | missing | missing | missing | missing "
+    "| 7.3 | — |\n"
+    "| Ref B (published) | — | — | — | — | — | — | — | — | — | — | — | — | — |\n"
     "\n"
     f"*{PARTIAL_NOTE}*\n"
     "\n"
@@ -96,6 +98,9 @@ FORMAT_MD = HEADER.format(score="SUPERB score (partial, 2 tasks)") + (
     "- ER: 3/5 folds (failed) — folds: fold1 50.00, fold2 62.50, fold3 40.00, fold4 failed, fold5 missing\n"
     "- ASR: failed — test: boom\n"
     "- ASV: 5.25 — test on states-10.ckpt\n"
+    "- SD: missing\n"
+    "- QbE: missing\n"
+    "- SF: missing\n"
     "\n"
     "**tiny** (/x/tiny2):\n"
     "- PR: 30.00\n"
@@ -105,16 +110,20 @@ FORMAT_MD = HEADER.format(score="SUPERB score (partial, 2 tasks)") + (
     "- ER: missing — no fold run\n"
     "- ASR: missing\n"
     "- ASV: missing\n"
+    "- SD: missing\n"
+    "- QbE: missing\n"
+    "- SF: missing\n"
     "\n"
     "Published rows (public set): Ref A — paper X; Ref B — site Y.\n")
 
-CSV_HEADER = ("model,kind,params_m,pr,ks,ic,sid,er,asr,asv,superb_score,score_tasks,score_partial,"
+CSV_HEADER = ("model,kind,params_m,pr,ks,ic,sid,er,asr,asv,sd,qbe,sf,superb_score,score_tasks,score_partial,"
               "leaderboard_score,path_or_source\n")
 FORMAT_CSV = CSV_HEADER + (
-    'tiny,ours,2.5000,12.50,untested,missing,running,3/5 folds (failed),failed,5.25,-123.46,"pr,asv",true,,/x/tiny\n'
-    'Ref A,reference,94.6800,5.41,96.30,,,,,,880.04,"pr,asv",true,941.4,paper X\n'
-    'tiny,ours,,30.00,missing,missing,missing,missing,missing,missing,7.31,"pr,asv",true,,/x/tiny2\n'
-    'Ref B,reference,,,,,,,,,,"pr,asv",true,,site Y\n')
+    'tiny,ours,2.5000,12.50,untested,missing,running,3/5 folds (failed),failed,5.25,,,,-123.46,"pr,asv",true,,/x/tiny\n'
+    'Ref A,reference,94.6800,5.41,96.30,,,,,,,,,880.04,"pr,asv",true,941.4,paper X\n'
+    'tiny,ours,,30.00,missing,missing,missing,missing,missing,missing,missing,missing,missing,7.31,"pr,asv",true,,'
+    '/x/tiny2\n'
+    'Ref B,reference,,,,,,,,,,,,,"pr,asv",true,,site Y\n')
 
 
 def _json_table() -> Table:
@@ -130,8 +139,9 @@ def _json_table() -> Table:
 
 
 def _fields(task: str, status: str, percent: Optional[float], detail: str, source: str,
-            params: Optional[int]) -> dict:
-    return {"task": task, "status": status, "percent": percent, "detail": detail, "source": source, "params": params}
+            params: Optional[int], second: Optional[float] = None) -> dict:
+    return {"task": task, "status": status, "percent": percent, "detail": detail, "source": source, "params": params,
+            "second": second}
 
 
 def _task(fields: dict, display: str, folds: Dict[str, dict]) -> dict:
@@ -141,7 +151,9 @@ def _task(fields: dict, display: str, folds: Dict[str, dict]) -> dict:
 
 def _fold(fields: dict, display: str) -> dict:
     """A fold entry: all TaskResult fields (its own empty folds included), then display."""
-    return {**fields, "folds": {}, "display": display}
+    fields = dict(fields)
+    second = fields.pop("second")
+    return {**fields, "folds": {}, "second": second, "display": display}
 
 
 JSON_EXPECTED = {
@@ -201,17 +213,19 @@ def test_markdown_of_a_complete_table_without_published_rows():
     row = _missing_row("m", "/m", pr=1.0)
     md = collect.to_markdown(Table([row], ALL_TASKS, {"m": Score(1.25, ALL_TASKS)}, GENERATED))
     assert md == HEADER.format(score="SUPERB score") + (
-        "| **m** | — | 1.00 | missing | missing | missing | missing | missing | missing | 1.2 | — |\n"
+        "| **m** | — | 1.00 | missing | missing | missing | missing | missing | missing | missing | missing | missing "
+        "| 1.2 | — |\n"
         "\n*SUPERB score over all 10 tasks (leaderboard formula).*\n\n"
         f"{METRICS_NOTE}\n\n**m** (/m):\n- PR: 1.00\n- KS: missing\n- IC: missing\n- SID: missing\n- ER: missing\n"
-        "- ASR: missing\n- ASV: missing\n")
+        "- ASR: missing\n- ASV: missing\n- SD: missing\n- QbE: missing\n- SF: missing\n")
 
 
 def test_csv_header_rows_and_empty_cells():
     assert collect.to_csv(_format_table()) == FORMAT_CSV
     complete = Table([_missing_row("m", "/m", pr=1.0)], ALL_TASKS, {"m": None}, GENERATED)
     assert collect.to_csv(complete) == CSV_HEADER + (
-        'm,ours,,1.00,missing,missing,missing,missing,missing,missing,,"pr,ks,ic,sid,er,asr,asv,sd,qbe,sf",false,,/m\n')
+        'm,ours,,1.00,missing,missing,missing,missing,missing,missing,missing,missing,missing,,'
+        '"pr,ks,ic,sid,er,asr,asv,sd,qbe,sf",false,,/m\n')
 
 
 def test_json_structure_and_values():
@@ -282,8 +296,9 @@ def test_write_outputs_writes_the_four_complete_files_and_nothing_else(tmp_path)
                                                          "superb_results.md", "superb_results.png"]
     assert (out / "superb_results.json").read_text(encoding="utf-8") == json.dumps(JSON_EXPECTED, indent=2) + "\n"
     assert (out / "superb_results.csv").read_text(encoding="utf-8") == CSV_HEADER + (
-        'a,ours,1.5000,12.50,missing,missing,missing,1/5 folds (failed),missing,missing,12.25,pr,true,,/x/a\n'
-        'R,reference,,,96.00,,,,,,,pr,true,900,paper\n')
+        'a,ours,1.5000,12.50,missing,missing,missing,1/5 folds (failed),missing,missing,missing,missing,missing,'
+        '12.25,pr,true,,/x/a\n'
+        'R,reference,,,96.00,,,,,,,,,,pr,true,900,paper\n')
     md = (out / "superb_results.md").read_text(encoding="utf-8")
     assert md.startswith(HEADER.format(score="SUPERB score (partial, 1 task)"))
     png = (out / "superb_results.png").read_bytes()
@@ -497,12 +512,14 @@ def _full_root_markdown(root: Path, params: str) -> str:
             "score.")
     # -836.1: the SUPERB score worked out in test_collect_package.test_collect_full_root
     return score + (
-        f"| **mine** | {params} | 25.00 | 50.00 | 25.00 | 12.50 | 40.00 | 80.00 | 25.00 | -836.1 | — |\n"
+        f"| **mine** | {params} | 25.00 | 50.00 | 25.00 | 12.50 | 40.00 | 80.00 | 25.00 | missing | missing | missing "
+        "| -836.1 | — |\n"
         f"\n*{note}*\n\n{METRICS_NOTE}\n\n**mine** ({root}):\n"
         "- PR: 25.00 — test on dev-best.ckpt\n- KS: 50.00 — test on dev-best.ckpt\n"
         "- IC: 25.00 — test on dev-best.ckpt\n- SID: 12.50 — test on dev-best.ckpt\n"
         "- ER: 40.00 — mean of 5 folds — folds: fold1 50.00, fold2 25.00, fold3 50.00, fold4 25.00, fold5 50.00\n"
-        "- ASR: 80.00 — test-clean on dev-best.ckpt\n- ASV: 25.00 — test on states-10.ckpt\n")
+        "- ASR: 80.00 — test-clean on dev-best.ckpt\n- ASV: 25.00 — test on states-10.ckpt\n"
+        "- SD: missing\n- QbE: missing\n- SF: missing\n")
 
 
 def _path_lines(out: Path) -> str:
@@ -599,12 +616,12 @@ def test_offline_rows_score_in_a_column_of_their_own():
     md = collect.to_markdown(_offline_table())
     lines = md.splitlines()
     assert lines[0] == ("| Model | Params (M) | PR PER↓ | KS Acc↑ | IC Acc↑ | SID Acc↑ | ER Acc↑ | ASR WER↓ | ASV EER↓ | "
-                        "mini-SUPERB score (synthetic, not comparable to the leaderboard) | "
+                        "SD DER↓ | QbE MTWV↑ | SF F1↑/CER↓ | mini-SUPERB score (synthetic, not comparable to the leaderboard) | "
                         "SUPERB score (partial, 1 task) | LB score |")
-    missing = "missing | " * 5
+    missing = "missing | " * 8
     assert lines[2] == f"| **distilled** | 2.50 | missing | 75.00 | {missing}-400.0 | — | — |"
     assert lines[3] == f"| **fbank** | 0.00 | missing | 50.00 | {missing}-800.0 | — | — |"
-    assert lines[4] == "| Ref (published) | 94.70 | — | 96.00 | — | — | — | — | — | — | 800.0 | 900 |"
+    assert lines[4] == "| Ref (published) | 94.70 | — | 96.00 | — | — | — | — | — | — | — | — | — | 800.0 | 900 |"
     assert ("Our rows ran on generated speech at a reduced task scale: the same formula gives their 'mini-SUPERB "
             "score (synthetic, not comparable to the leaderboard)', which ranks them against each other, not against "
             "the published rows.") in md

@@ -125,7 +125,7 @@ def test_collect_full_root(full_root, tmp_path):
     assert mine["name"] == "mine" and mine["kind"] == "ours" and mine["params_m"] == pytest.approx(2.520064)
     shown = {t: mine["tasks"][t]["display"] for t in reference.OUR_TASKS}
     assert shown == {"pr": "25.00", "ks": "50.00", "ic": "25.00", "sid": "12.50", "er": "40.00", "asr": "80.00",
-                     "asv": "25.00"}
+                     "asv": "25.00", "sd": "missing", "qbe": "missing", "sf": "missing"}
     assert data["score_tasks"] == ["pr", "ks", "ic", "sid", "er", "asr", "asv"] and data["score_partial"] is True
     # SUPERB score by hand: 1000/T * sum over tasks of (x - FBANK) / (SOTA - FBANK), here over our T = 7
     # tasks, with FBANK from DPHuBERT's table and SOTA from the leaderboard (SID 90.30, as its Data.js has
@@ -151,13 +151,16 @@ def test_collect_full_root(full_root, tmp_path):
     assert small["superb_score"] == pytest.approx(1000 / 7 * sum(small_terms), rel=1e-9)
     assert small["superb_score"] == pytest.approx(879.989, abs=1e-3)
     md = (out / "superb_results.md").read_text()
-    assert "| **mine** | 2.52 | 25.00 | 50.00 | 25.00 | 12.50 | 40.00 | 80.00 | 25.00 | -836.1 | — |" in md
-    assert ("| LightHuBERT Small (published) | 27.00 | 6.60 | 96.07 | 98.23 | 69.70 | 64.12 | 8.33 | 5.42 | 880.0 "
-            "| 901 |") in md
+    assert ("| **mine** | 2.52 | 25.00 | 50.00 | 25.00 | 12.50 | 40.00 | 80.00 | 25.00 | missing | missing | missing "
+            "| -836.1 | — |") in md
+    # the published rows show all ten tasks, SF as F1 / CER and QbE as MTWV; the score stays over our 7
+    assert ("| LightHuBERT Small (published) | 27.00 | 6.60 | 96.07 | 98.23 | 69.70 | 64.12 | 8.33 | 5.42 | 5.85 "
+            "| 0.0764 | 87.58 / 26.90 | 880.0 | 901 |") in md
     assert "SUPERB score (partial, 7 tasks)" in md and "7/10 tasks" in md
     csv_lines = (out / "superb_results.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("model,kind,params_m,pr,ks,ic,sid,er,asr,asv,superb_score")
-    assert csv_lines[1].startswith("mine,ours,2.5201,25.00,50.00,25.00,12.50,40.00,80.00,25.00,-836.11,")
+    assert csv_lines[0].startswith("model,kind,params_m,pr,ks,ic,sid,er,asr,asv,sd,qbe,sf,superb_score")
+    assert csv_lines[1].startswith("mine,ours,2.5201,25.00,50.00,25.00,12.50,40.00,80.00,25.00,missing,missing,"
+                                   "missing,-836.11,")
     assert (out / "superb_results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -178,7 +181,7 @@ def test_collect_shows_unfinished_work_by_status(full_root, tmp_path):
     row = table.rows[0]
     shown = {t: row.tasks[t].display for t in reference.OUR_TASKS}
     assert shown == {"pr": "25.00", "ks": "untested", "ic": "missing", "sid": "stopped", "er": "4/5 folds",
-                     "asr": "failed", "asv": "25.00"}
+                     "asr": "failed", "asv": "25.00", "sd": "missing", "qbe": "missing", "sf": "missing"}
     assert row.tasks["er"].folds["fold3"].status == "missing"
     assert table.score_tasks == ("pr", "asv")  # only finished tasks are scored
     md = collect.to_markdown(table)
@@ -391,8 +394,8 @@ def test_package_refuses_four_er_folds_by_key(full_root, tmp_path, capsys):
 
 
 def test_package_argument_errors(full_root, tmp_path, capsys):
-    assert cli_main(["package", "public", "--exp", "qbe=/x", "-o", str(tmp_path / "p.zip")]) == 2
-    assert "unknown task key 'qbe'" in capsys.readouterr().err
+    assert cli_main(["package", "public", "--exp", "se=/x", "-o", str(tmp_path / "p.zip")]) == 2
+    assert "unknown task key 'se'" in capsys.readouterr().err
     assert cli_main(["package", "public", "--exp", f"ks={tmp_path / 'nope'}", "-o", str(tmp_path / "p.zip")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cli_main(["package", "public", "-o", str(tmp_path / "p.zip")]) == 2
@@ -710,9 +713,9 @@ def test_exp_arguments_split_at_the_first_equals_sign(tmp_path):
                                                                           "asv": Path("/data/asv")}
     for item in ("ks=", "ks"):
         assert _raises(package.parse_exp_args, [item]) == f"--exp {item!r}: expected KEY=DIR, e.g. --exp ks=exp/ks"
-    assert _raises(package.parse_exp_args, ["qbe=/x"]) == (
-        "--exp 'qbe=/x': unknown task key 'qbe'; use one of pr, asr, asr_lm, ks, ic, sid, asv, er_fold1, er_fold2, "
-        "er_fold3, er_fold4, er_fold5 (or er=DIR for all five folds)")
+    assert _raises(package.parse_exp_args, ["se=/x"]) == (
+        "--exp 'se=/x': unknown task key 'se'; use one of pr, asr, asr_lm, ks, ic, sid, asv, er_fold1, er_fold2, "
+        "er_fold3, er_fold4, er_fold5, sf, sd, qbe (or er=DIR for all five folds)")
 
 
 def test_exp_arguments_refuse_a_task_given_twice(tmp_path):
@@ -747,7 +750,8 @@ def test_validate_archive_messages(tmp_path):
     stray = _zip(tmp_path / "stray.zip", {"ks_public/predict.txt": b"a yes\n"})
     assert _raises(package.validate_archive, stray) == (
         f"{stray}: unexpected member 'ks_public/predict.txt'; a public-set submission holds only "
-        "predict/<task>_public/predict.{ark,txt,csv}")
+        "predict/<task>_public/ files (predict.{ark,txt,csv}, benchmark.stdlist.xml, scoring/predictions/*.h5 and "
+        "frame_shift)")
     extra = _zip(tmp_path / "extra.zip", {"predict/ks_public/predict.txt": b"a yes\n"}, folders=["predict/extra/"])
     assert _raises(package.validate_archive, extra) == (
         f"{extra}: unexpected folder 'predict/extra/'; the layout is predict/<task>_public/")

@@ -329,9 +329,21 @@ def test_reference_row_takes_our_tasks_with_the_published_source():
     assert row == ModelRow("Toy Model", "reference", 12.5, {
         "pr": TaskResult("pr", "done", 6.6, source="Toy et al. (2030), Table 2"),
         "ks": TaskResult("ks", "done", 96.0, source="Toy et al. (2030), Table 2"),
-        "asv": TaskResult("asv", "done", 5.42, source="Toy et al. (2030), Table 2")},
+        "asv": TaskResult("asv", "done", 5.42, source="Toy et al. (2030), Table 2"),
+        "sd": TaskResult("sd", "done", 5.5, source="Toy et al. (2030), Table 2")},
         leaderboard_score=880.0, source="Toy et al. (2030), Table 2")
-    assert list(row.tasks) == ["pr", "ks", "asv"]
+    assert list(row.tasks) == ["pr", "ks", "asv", "sd"]
+
+
+def test_reference_row_splits_sf_into_f1_and_cer():
+    ref = reference.REFERENCES["lighthubert_small"]
+    row = collect.reference_row(ref)
+    assert list(row.tasks) == list(reference.ALL_TASKS)
+    sf = row.tasks["sf"]
+    assert (sf.percent, sf.second, sf.display, sf.value) == (87.58, 26.90, "87.58 / 26.90", (87.58, 26.90))
+    assert row.tasks["qbe"].display == "0.0764"  # MTWV, not a percentage
+    # the row's ten values give the published leaderboard score back (901 for LightHuBERT Small)
+    assert round(reference.superb_score(row.values()).value) == ref.leaderboard_score == 901
 
 
 # ----------------------------------------------------------------------------------------------------

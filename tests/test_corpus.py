@@ -139,8 +139,9 @@ def test_other_seed_in_same_directory_needs_force(tmp_path):
 def test_bad_inputs_name_problem_and_fix(tmp_path):
     with pytest.raises(CorpusError, match=r"unknown preset 'huge'; choose one of ci, small, mini, mini-heldout"):
         make_corpus(tmp_path / "x", "huge")
-    with pytest.raises(CorpusError, match=r"unknown task\(s\) \['qbe'\]; choose from asr, asv, ks, ic, er, pr, sid"):
-        make_corpus(tmp_path / "x", "ci", tasks="ks,qbe")
+    with pytest.raises(CorpusError, match=r"unknown task\(s\) \[.se.\]; choose from asr, asv, ks, ic, er, pr, sid, sf, sd, "
+                                         r"qbe"):
+        make_corpus(tmp_path / "x", "ci", tasks="ks,se")
     with pytest.raises(CorpusError, match="non-negative integer"):
         make_corpus(tmp_path / "x", "ci", seed=-1)
     (tmp_path / "file").write_text("")

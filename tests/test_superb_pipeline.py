@@ -1,7 +1,7 @@
 """The SUPERB pipeline end to end: scripts/run_superb.sh -> s3prl (through our launcher) -> collect -> package.
 
-One module-scoped run trains and tests all seven tasks (ER: five folds; ASV: a two-checkpoint sweep)
-on the ``ci`` mini corpus with a tiny seeded LightHuBERT, every run cut to 4 steps; the other tests
+One module-scoped run trains and tests all ten tasks (ER: five folds; ASV: a two-checkpoint sweep; SD: the
+RTTM threshold/median grid; QbE: every layer on dev, the best on test, nothing trained) on the ``ci`` mini corpus with a tiny seeded LightHuBERT, every run cut to 4 steps; the other tests
 read, copy or re-run it. Error paths use the runner in-process (no s3prl start-up).
 """
 from __future__ import annotations
@@ -21,10 +21,12 @@ import pytest
 
 from lighthubert_s3prl.commands.cli import main as cli_main
 from lighthubert_s3prl.superb import report, runner, units
+from lighthubert_s3prl.superb.reference import ALL_TASKS, superb_score
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "run_superb.sh"
-ALL_UNITS = ["pr", "ks", "ic", "sid", "er_fold1", "er_fold2", "er_fold3", "er_fold4", "er_fold5", "asr", "asv"]
+ALL_UNITS = ["pr", "ks", "ic", "sid", "er_fold1", "er_fold2", "er_fold3", "er_fold4", "er_fold5", "asr", "asv",
+             "sd", "qbe", "sf"]
 # 4 steps, one dev evaluation and one checkpoint at the end; ASV saves twice so the sweep has a choice
 TINY = ["--set", "runner.total_steps=4", "--set", "runner.eval_step=4", "--set", "runner.save_step=4",
         "--set", "runner.log_step=2", "--set", "asv:runner.save_step=2", "--set", "asv:runner.max_keep=2",
@@ -89,10 +91,9 @@ def test_every_task_trains_and_tests(pipeline):
         assert (expdir / units.DONE_FILE).is_file(), name
         result = json.loads((expdir / units.RESULT_FILE).read_text())
         pred = expdir / result["prediction_file"]
-        assert pred.is_file() and pred.stat().st_size > 0, name
-        assert result["prediction_sha256"] == units.sha256_of(pred)
-        assert result["params"] == 2_520_064  # the tiny checkpoint's subnet, read from the training log
-        assert (root / "logs" / f"{name}.train.log").is_file()
+        assert pred.exists() and units.prediction_sha256(pred) == result["prediction_sha256"], name
+        assert result["params"] == 2_520_064  # the tiny checkpoint's subnet, read from the s3prl log
+        assert (root / "logs" / f"{name}.{'layers' if name == 'qbe' else 'train'}.log").is_file()
         assert result["percent"] == pytest.approx(units.to_percent(result["task"], result["value"]))
     results = {n: json.loads((d / units.RESULT_FILE).read_text()) for n, d in _units(root).items()}
     assert results["asr"]["split"] == "test-clean" and results["asr"]["prediction_file"] == "test-clean-noLM-hyp.ark"
@@ -105,10 +106,28 @@ def test_every_task_trains_and_tests(pipeline):
     assert sweep["best_eer"] == min(sweep["eer_by_step"].values()) == results["asv"]["value"]
     chosen = root / "asv" / "sweep" / f"states-{sweep['best_step']}" / "test_predict.txt"
     assert chosen.read_bytes() == (root / "asv" / "test_predict.txt").read_bytes()
+    # SD: the test predictions scored at all ten grid points, the lowest DER reported
+    sd = results["sd"]
+    assert sorted(sd["scoring"]["grid"]) == sorted(f"th{t}_med{m}" for t in ("0.3", "0.4", "0.5", "0.6", "0.7")
+                                                   for m in (1, 11))
+    assert sd["value"] == min(sd["scoring"]["grid"].values()) and 0 <= sd["value"]
+    assert sorted(p.name for p in (root / "sd" / "scoring" / "predictions").iterdir()) == sorted(
+        f"{line.split()[0]}.h5" for line in (pipeline.corpus / "Libri2Mix" / "data" / "test" / "reco2dur")
+        .read_text().splitlines())
+    # QbE: nothing trained; every hidden state of the tiny model's small subnet (projection + 12 layers) scored
+    # on dev, the best of them on test
+    qbe = results["qbe"]
+    assert sorted(qbe["dev_mtwv_by_layer"], key=int) == [str(i) for i in range(13)]
+    assert qbe["dev_mtwv_by_layer"][str(qbe["layer"])] == max(qbe["dev_mtwv_by_layer"].values())
+    assert (root / "qbe" / "layers" / f"test-{qbe['layer']}" / "benchmark.stdlist.xml").read_bytes() == \
+        (root / "qbe" / "benchmark.stdlist.xml").read_bytes()
+    assert not list((root / "qbe").glob("*.ckpt"))
+    # SF: slot-type F1 with the slot-value CER beside it
+    assert 0 <= results["sf"]["value"] <= 1 and 0 <= results["sf"]["extra"]["slot_value_cer"]
     summary = json.loads((root / report.SUMMARY_JSON).read_text())
     assert [(u["unit"], u["status"]) for u in summary["units"]] == [(n, "done") for n in ALL_UNITS]
-    assert "units: 11 done" in pipeline.output and "lighthubert-s3prl collect" in pipeline.output
-    print(f"\n7 tasks / 11 units trained and tested in {pipeline.seconds:.0f} s")
+    assert "units: 14 done" in pipeline.output and "lighthubert-s3prl collect" in pipeline.output
+    print(f"\n10 tasks / 14 units trained and tested in {pipeline.seconds:.0f} s")
 
 
 def test_collect_builds_the_table(pipeline, tmp_path):
@@ -117,31 +136,45 @@ def test_collect_builds_the_table(pipeline, tmp_path):
     data = json.loads((out / "superb_results.json").read_text())
     ours = data["rows"][0]
     assert ours["kind"] == "ours" and ours["params_m"] == pytest.approx(2.520064)
-    for task in ("pr", "ks", "ic", "sid", "er", "asr", "asv"):
+    for task in ALL_TASKS:
         cell = ours["tasks"][task]
         assert cell["status"] == "done" and isinstance(cell["percent"], float), (task, cell)
+    sf = json.loads((pipeline.root / "sf" / units.RESULT_FILE).read_text())
+    assert ours["tasks"]["sf"]["second"] == pytest.approx(100 * sf["extra"]["slot_value_cer"])
+    qbe = json.loads((pipeline.root / "qbe" / units.RESULT_FILE).read_text())
+    assert ours["tasks"]["qbe"]["percent"] == qbe["value"]  # MTWV as it is
     ks = json.loads((pipeline.root / "ks" / units.RESULT_FILE).read_text())
     assert ours["tasks"]["ks"]["percent"] == pytest.approx(100 * ks["value"])
     folds = [json.loads((pipeline.root / "er" / f"fold{i}" / units.RESULT_FILE).read_text())["percent"]
              for i in range(1, 6)]
     assert ours["tasks"]["er"]["percent"] == pytest.approx(sum(folds) / 5)
-    assert data["score_tasks"] == ["pr", "ks", "ic", "sid", "er", "asr", "asv"] and ours["superb_score"] is not None
+    # all ten tasks: the full score, no longer partial (in the offline column: synthetic speech, ci scale)
+    assert data["score_tasks"] == list(ALL_TASKS) and data["score_partial"] is False
+    values = {t: (ours["tasks"][t]["percent"], ours["tasks"][t]["second"]) if t == "sf" else ours["tasks"][t]["percent"]
+              for t in ALL_TASKS}
+    assert ours["superb_score"] == pytest.approx(superb_score(values).value)
     assert [r["name"] for r in data["rows"][1:]] == ["LightHuBERT Small", "HuBERT Base", "DistilHuBERT", "DPHuBERT"]
-    assert "SUPERB score (partial, 7 tasks)" in (out / "superb_results.md").read_text()
+    md = (out / "superb_results.md").read_text()
+    assert "| SUPERB score |" in md and "SUPERB score over all 10 tasks" in md and "partial" not in md
     assert (out / "superb_results.csv").is_file() and (out / "superb_results.png").stat().st_size > 1000
 
 
 def test_package_public_archive_validates(pipeline, tmp_path, capsys):
     out = tmp_path / "predict.zip"
     assert cli_main(["package", "public", "--from", str(pipeline.root), "-o", str(out)]) == 0
-    assert "valid public-set submission (11 file(s))" in capsys.readouterr().out
+    assert "valid public-set submission (14 file(s))" in capsys.readouterr().out
     with zipfile.ZipFile(out) as archive:
         names = sorted(i.filename for i in archive.infolist() if not i.is_dir())
         assert archive.read("predict/sv_public/predict.txt") == (pipeline.root / "asv" / "test_predict.txt").read_bytes()
+        assert archive.read("predict/sd_public/frame_shift").strip() == b"320"
     assert names == sorted(["predict/asr_public/predict.ark", "predict/ic_public/predict.csv",
                             "predict/ks_public/predict.txt", "predict/pr_public/predict.ark",
-                            "predict/sid_public/predict.txt", "predict/sv_public/predict.txt"] +
-                           [f"predict/er_fold{i}_public/predict.txt" for i in range(1, 6)])
+                            "predict/sid_public/predict.txt", "predict/sv_public/predict.txt",
+                            "predict/sf_public/predict.ark", "predict/qbe_public/benchmark.stdlist.xml",
+                            "predict/sd_public/frame_shift"] +
+                           [f"predict/er_fold{i}_public/predict.txt" for i in range(1, 6)] +
+                           [f"predict/sd_public/scoring/predictions/{p.name}"
+                            for p in (pipeline.root / "sd" / "scoring" / "predictions").iterdir()])
     assert cli_main(["package", "validate", str(out)]) == 0
 
 
@@ -165,9 +198,9 @@ def test_rerun_skips_finished_units(pipeline):
     started = time.monotonic()
     out = _check(run_script(pipeline.args))
     assert time.monotonic() - started < 120
-    for unit in ("pr", "ks", "ic", "sid", "er/fold1", "er/fold5", "asr", "asv"):
+    for unit in ("pr", "ks", "ic", "sid", "er/fold1", "er/fold5", "asr", "asv", "sd", "qbe", "sf"):
         assert f"{unit}: skipped, finished earlier" in out
-    assert "training (log" not in out and "testing" not in out and "units: 11 skipped" in out
+    assert "training (log" not in out and "testing" not in out and "units: 14 skipped" in out
     assert {p: p.stat().st_mtime_ns for p in pipeline.root.rglob("*.ckpt")} == stamps  # no new training
     assert {p: p.stat().st_size for p in (pipeline.root / "logs").iterdir()} == logs
     summary = json.loads((pipeline.root / report.SUMMARY_JSON).read_text())
@@ -214,7 +247,11 @@ def test_dry_run_lists_commands(superb_corpus, superb_ckpt, tmp_path, capsys):
     lines = [line for line in out.splitlines() if not line.startswith("#")]
     train = [line for line in lines if " -m train " in line]
     test = [line for line in lines if " -m evaluate " in line]
-    assert len(train) == 11 and len(test) == 11
+    assert len(train) == 13 and len(test) == 14  # QbE trains nothing: its one line evaluates a layer
+    qbe = next(line for line in test if "-d quesst14_dtw" in line)
+    assert "-t dev -p" in qbe and "-l LAYER" in qbe and f"{root}/qbe/layers/dev-LAYER" in qbe
+    assert any("-m lighthubert_s3prl.upstream.probe -u lighthubert_subnet" in line for line in lines)
+    test = [line for line in test if line != qbe]
     assert all("torch.distributed.run --standalone --nproc_per_node=2 -m lighthubert_s3prl.run_downstream" in line
                for line in train)
     assert all("-m lighthubert_s3prl.run_downstream" in line and "torch.distributed" not in line for line in test)
@@ -264,7 +301,7 @@ def test_data_config_yaml_and_task_roots(superb_corpus, superb_ckpt, tmp_path, c
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--tasks", "ks,qbe"], "unknown task(s) qbe"),
+    (["--tasks", "ks,se"], "unknown task(s) se"),
     (["--data", "/nonexistent/superb"], "data root /nonexistent/superb does not exist"),
     (["--no-data"], "no data root for task(s) ks"),
     (["-k", "/nonexistent/ckpt.pt"], "checkpoint not found: /nonexistent/ckpt.pt"),

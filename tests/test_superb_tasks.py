@@ -75,11 +75,14 @@ def run_s3prl(runs, workdir: Path, cache: Path, timeout: int = 400, **env_extra:
 # registry and configs
 
 
-def test_registry_covers_the_seven_tasks():
-    assert sorted(TASKS) == ["asr", "asv", "er", "ic", "ks", "pr", "sid"]
+def test_registry_covers_the_ten_tasks():
+    assert sorted(TASKS) == ["asr", "asv", "er", "ic", "ks", "pr", "qbe", "sd", "sf", "sid"]
     assert {t: s.downstream for t, s in TASKS.items()} == {
         "asr": "asr", "asv": "sv_voxceleb1", "er": "emotion", "ic": "fluent_commands", "ks": "speech_commands",
-        "pr": "ctc", "sid": "voxceleb1"}
+        "pr": "ctc", "sid": "voxceleb1", "sd": "diarization", "qbe": "quesst14_dtw", "sf": "ctc"}
+    assert [t for t in TASKS if not TASKS[t].trains] == ["qbe"]
+    assert {t: TASKS[t].scored_by for t in ("sd", "qbe", "sf")} == {"sd": "diarization", "qbe": "qbe", "sf": "recipe"}
+    assert TASKS["sd"].best_ckpt == "best-states-dev.ckpt" and TASKS["qbe"].prediction_file == "benchmark.stdlist.xml"
     assert TASKS["asr"].evaluate_splits == ("test-clean",) and TASKS["asr"].best_ckpt == "dev-clean-best.ckpt"
     assert TASKS["asv"].best_ckpt is None and TASKS["er"].folds == tuple(f"fold{i}" for i in range(1, 6))
     assert TASKS["er"].prediction_path("/x", "fold3") == Path("/x/test_fold3_predict.txt")
@@ -93,10 +96,19 @@ def test_registry_covers_the_seven_tasks():
 # utterances per optimiser step as s3prl batches them: ASR's recipe halves each bucket of 32 (every
 # LibriSpeech bucket is over its 2000-sample threshold); the rest is batch size x accumulation
 EFFECTIVE_BATCH = {"asr": 32 // 2 * 1, "asv": 10 * 5, "er": 4 * 8, "ic": 32 * 1, "ks": 32 * 1, "pr": 16 * 2,
-                   "sid": 8 * 4}
+                   "sid": 8 * 4, "sd": 8 * 4, "sf": 32 * 1}
+TRAINED = sorted(t for t in TASKS if TASKS[t].trains)
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
+def test_the_qbe_config_is_superbs_dtw_setting():
+    full = task_registry.load_task_config("qbe")
+    assert full["runner"] == {} and full["downstream_expert"]["feature_normalization"] is True
+    assert full["downstream_expert"]["dtwrc"] == {"dist_method": "cosine_exp", "minmax_norm": True,
+                                                  "step_pattern": "asymmetric", "subsequence": True}
+    assert task_registry.load_task_config("qbe", "ci")["downstream_expert"]["datarc"]["num_workers"] == 0
+
+
+@pytest.mark.parametrize("task", TRAINED)
 def test_configs_follow_superb_and_lighthubert_settings(task):
     spec = TASKS[task]
     full, ci = task_registry.load_task_config(task), task_registry.load_task_config(task, "ci")
@@ -105,7 +117,8 @@ def test_configs_follow_superb_and_lighthubert_settings(task):
     assert batch * runner["gradient_accumulate_steps"] == spec.effective_batch == EFFECTIVE_BATCH[task]
     assert full["optimizer"]["lr"] == spec.lr
     assert runner["total_steps"] >= 30000 and ci["runner"]["total_steps"] <= 40
-    section = ci["downstream_expert"].get("datarc") or ci["downstream_expert"]["corpus"]
+    section = ci["downstream_expert"].get("loaderrc") or ci["downstream_expert"].get("datarc") or \
+        ci["downstream_expert"]["corpus"]
     assert section["num_workers"] == 0
     for key in spec.assets:
         assert (spec.config_dir / task_registry._get_dotted(full, key)).is_file()
@@ -122,14 +135,17 @@ def _leaves(node, prefix=""):
 # what the mini scale may change: steps, evaluation and saving points, batch, learning rate, training crops,
 # in-process loading
 MINI_MAY_CHANGE = re.compile(r"^(runner\.(total_steps|log_step|eval_step|save_step|max_keep|"
-                             r"gradient_accumulate_steps)|optimizer\.lr|downstream_expert\.(datarc|corpus)\."
-                             r"(num_workers|batch_size|train_batch_size|eval_batch_size|max_timestep))$")
+                             r"gradient_accumulate_steps)|optimizer\.lr|downstream_expert\.(datarc|corpus|loaderrc)\."
+                             r"(num_workers|batch_size|train_batch_size|train_batchsize|eval_batch_size|max_timestep)|"
+                             r"downstream_expert\.max_workers)$")  # max_workers: QbE's DTW processes
 
 
 # the one departure from SUPERB's model, stated in asr/mini.yaml and docs/superb.md: a 256-wide BiLSTM, because
 # SUPERB's 1,024-wide one takes 10-25 s per update on 2 CPU cores
 MINI_MODEL_EXCEPTIONS = {"asr": {"downstream_expert.modelrc.project_dim": 256,
-                                 "downstream_expert.modelrc.RNNs.dim": [256, 256]}}
+                                 "downstream_expert.modelrc.RNNs.dim": [256, 256]},
+                         "sf": {"downstream_expert.model.project_dim": 256,  # the same, stated in sf/mini.yaml
+                                "downstream_expert.model.RNNs.dim": [256, 256]}}
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
@@ -181,7 +197,8 @@ def test_build_config_finds_real_dataset_layouts(ci_corpus, tmp_path):
     root = Path(ci_corpus["root"])
     roots = {"ks": root / "speech_commands", "ic": root / "fluent_speech_commands_dataset",
              "er": root / "IEMOCAP_full_release", "sid": root / "VoxCeleb1", "asv": root / "VoxCeleb1",
-             "asr": root / "LibriSpeech", "pr": root / "LibriSpeech"}
+             "asr": root / "LibriSpeech", "pr": root / "LibriSpeech", "sf": root / "SNIPS", "sd": root / "Libri2Mix",
+             "qbe": root / "quesst14Database"}
     for task, data_root in roots.items():
         config = yaml.safe_load(build_config(task, data_root, tmp_path / task / "c.yaml").read_text())
         section = task_registry._get_dotted(config, TASKS[task].data_section)
@@ -212,8 +229,9 @@ def test_build_config_finds_real_dataset_layouts(ci_corpus, tmp_path):
 
 def test_build_config_bad_inputs_name_problem_and_fix(ci_corpus, tmp_path, monkeypatch):
     out = tmp_path / "c.yaml"
-    with pytest.raises(TaskConfigError, match=r"unknown task 'qbe'; choose one of asr, asv, ks, ic, er, pr, sid"):
-        build_config("qbe", ci_corpus["root"], out)
+    with pytest.raises(TaskConfigError, match=r"unknown task 'se'; choose one of asr, asv, ks, ic, er, pr, sid, sd, "
+                                              r"qbe, sf"):
+        build_config("se", ci_corpus["root"], out)
     with pytest.raises(TaskConfigError, match=r"data root .*missing does not exist.*make-corpus"):
         build_config("ks", tmp_path / "missing", out)
     with pytest.raises(TaskConfigError, match=r"unknown scale 'tiny'"):
@@ -227,6 +245,18 @@ def test_build_config_bad_inputs_name_problem_and_fix(ci_corpus, tmp_path, monke
         build_config("ks", partial["root"], out)
     with pytest.raises(TaskConfigError, match=r"does not hold Fluent Speech Commands.*make-corpus"):
         build_config("ic", tmp_path, out)
+    with pytest.raises(TaskConfigError, match=r"does not hold Libri2Mix diarization data dirs"):
+        build_config("sd", tmp_path, out)
+    with pytest.raises(TaskConfigError, match=r"does not hold the QUESST 2014 database"):
+        build_config("qbe", tmp_path, out)
+    # SD's loader opens wav.scp entries from s3prl's working directory: relative ones are refused
+    for split in ("train", "dev", "test"):
+        (tmp_path / "mix" / split).mkdir(parents=True)
+        (tmp_path / "mix" / split / "segments").write_text("u1 r1 0.0 1.0\n")
+        (tmp_path / "mix" / split / "wav.scp").write_text(f"r1 /abs/{split}/r1.wav\n")
+    (tmp_path / "mix" / "dev" / "wav.scp").write_text("r1 wav/r1.wav\n")
+    with pytest.raises(TaskConfigError, match=r"dev/wav.scp:1 names 'wav/r1.wav', a relative path"):
+        build_config("sd", tmp_path / "mix", out)
     (tmp_path / "vox" / "dev" / "wav").mkdir(parents=True)
     with pytest.raises(TaskConfigError, match=r"no identification split list .*iden_split.txt.*meta_data=PATH"):
         build_config("sid", tmp_path / "vox", out)
@@ -421,7 +451,9 @@ def _recompute_metric(task: str, prediction: Path, truth: Dict[str, Any]) -> flo
     return sum(predicted[i] == truth[i] for i in ids) / len(ids)
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
+# SD, QbE and SF are scored by the runner (DER grid, best layer, F1 with CER): tests/test_superb_pipeline.py runs
+# them through s3prl, and test_diarization, test_qbe and test_sf check their scoring and data
+@pytest.mark.parametrize("task", sorted(t for t in TASKS if t not in ("sd", "qbe", "sf")))
 def test_recipe_trains_and_evaluates_on_cpu(task, ci_corpus, recipe_cache, tmp_path):
     spec = TASKS[task]
     config = build_config(task, ci_corpus["root"], tmp_path / "config.yaml", scale="ci")

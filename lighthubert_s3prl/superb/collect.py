@@ -44,7 +44,9 @@ LOG = logging.getLogger(__name__)
 
 ER_FOLDS = tuple(f"fold{i}" for i in range(1, 6))
 DOWNSTREAM_TO_TASK = {"asr": "asr", "sv_voxceleb1": "asv", "speech_commands": "ks", "fluent_commands": "ic",
-                      "emotion": "er", "ctc": "pr", "voxceleb1": "sid"}
+                      "emotion": "er", "ctc": "pr", "voxceleb1": "sid", "diarization": "sd", "quesst14_dtw": "qbe"}
+CTC_CORPUS_TO_TASK = {"snips": "sf"}  # s3prl's ctc recipe serves PR (libriphone) and SF (snips)
+RUNNER_ONLY = ("sd", "qbe", "sf")  # scored by the runner (DER grid, best layer, F1 with CER): no s3prl-only path
 RESULT_LINE = {"asr": "test-clean wer:", "asv": "sv-voxceleb1/test-EER:"}  # printed by s3prl, for s3prl's own logs
 OUTPUT_STEM = "superb_results"
 
@@ -67,16 +69,26 @@ class CollectError(ValueError):
 class TaskResult:
     task: str
     status: str  # done | missing | running | stopped | untested | failed | partial (ER: some folds)
-    percent: Optional[float] = None  # in the table's unit (percent), only when status == done
+    percent: Optional[float] = None  # in the table's unit (percent; QbE MTWV), only when status == done
     detail: str = ""
     source: str = ""
     params: Optional[int] = None
     folds: Dict[str, "TaskResult"] = field(default_factory=dict)
+    second: Optional[float] = None  # SF's slot-value CER (percent) beside its F1 in ``percent``
+
+    @property
+    def value(self) -> Union[None, float, Tuple[float, float]]:
+        """What the SUPERB score takes: the number, or SF's (F1, CER)."""
+        if self.status != "done" or self.percent is None:
+            return None
+        return self.percent if self.second is None else (self.percent, self.second)
 
     @property
     def display(self) -> str:
         if self.status == "done" and self.percent is not None:
-            return f"{self.percent:.2f}"
+            if self.second is not None:
+                return f"{self.percent:.2f} / {self.second:.2f}"
+            return f"{self.percent:.4f}" if self.task == "qbe" else f"{self.percent:.2f}"
         if self.status == "partial":
             return self.detail
         return self.status
@@ -127,6 +139,8 @@ def _training_complete(expdir: Path) -> Optional[bool]:
 
 def _from_s3prl_files(task: str, expdir: Path, fold: Optional[str]) -> Optional[TaskResult]:
     """A test result written by s3prl itself (no runner files), or None."""
+    if task in RUNNER_ONLY:
+        return None
     if task == "asv":
         eers = []
         for log in expdir.glob("states-*/log.txt"):  # s3prl's test_expdir.sh layout
@@ -169,7 +183,14 @@ def unit_result(task: str, expdir: Path, fold: Optional[str] = None) -> TaskResu
             detail += f", the best EER of {len(sweep['eer_by_step'])} checkpoints"
         elif result.get("note"):
             detail += " (no dev-best checkpoint was saved)"
-        return TaskResult(task, "done", value, detail, str(expdir / RESULT_FILE), params=result.get("params"))
+        if task == "qbe" and result.get("layer") is not None:
+            detail = f"{result.get('split', 'test')} with layer {result['layer']}, the best of " \
+                     f"{len(result.get('dev_mtwv_by_layer') or {})} on dev"
+        second = (result.get("extra") or {}).get("slot_value_cer") if task == "sf" else None
+        if task == "sf" and second is None:
+            return TaskResult(task, "failed", detail="no slot-value CER in the result", source=str(expdir / RESULT_FILE))
+        return TaskResult(task, "done", value, detail, str(expdir / RESULT_FILE), params=result.get("params"),
+                          second=None if second is None else to_percent(task, second))
     owner = lock_owner(expdir)
     if owner is not None:
         return TaskResult(task, "running", detail=f"pid {owner.get('pid')} on {owner.get('host')}")
@@ -226,12 +247,16 @@ def discover_expdirs(path: Path, depth: int = 3) -> Dict[Tuple[str, Optional[str
         args = _latest_yaml(d, "args", mode="train") or _latest_yaml(d, "args")
         if args is not None and args.get("downstream") in DOWNSTREAM_TO_TASK:
             task = DOWNSTREAM_TO_TASK[args["downstream"]]
+            if args["downstream"] == "ctc":
+                corpus = ((_train_config(d) or {}).get("downstream_expert", {}).get("corpus", {}) or {}).get("name")
+                task = CTC_CORPUS_TO_TASK.get(str(corpus).lower(), task)
             fold = _fold_of(d) if task == "er" else None
             found.setdefault((task, fold), []).append(d)
             return
         if level >= depth:
             return
-        for child in sorted(p for p in d.iterdir() if p.is_dir() and p.name not in ("sweep", "logs", "configs")):
+        # sweep/ (ASV) and layers/ (QbE) hold the runner's per-checkpoint and per-layer evaluations
+        for child in sorted(p for p in d.iterdir() if p.is_dir() and p.name not in ("sweep", "layers", "logs", "configs")):
             visit(child, level + 1)
 
     visit(path, 0)
@@ -266,8 +291,8 @@ class ModelRow:
         """Not comparable to published SUPERB numbers: a reduced scale or generated speech."""
         return self.scale != "full" or self.synthetic
 
-    def values(self) -> Dict[str, float]:
-        return {t: r.percent for t, r in self.tasks.items() if r.status == "done" and r.percent is not None}
+    def values(self) -> Dict[str, Union[float, Tuple[float, float]]]:
+        return {t: r.value for t, r in self.tasks.items() if r.value is not None}
 
 
 def collect_model(path: Union[str, Path], name: Optional[str] = None, params_m: Optional[float] = None) -> ModelRow:
@@ -311,7 +336,13 @@ def collect_model(path: Union[str, Path], name: Optional[str] = None, params_m: 
 
 
 def reference_row(ref: ReferenceModel) -> ModelRow:
-    tasks = {t: TaskResult(t, "done", float(ref.values[t]), source=ref.source) for t in OUR_TASKS if t in ref.values}
+    tasks = {}
+    for t in OUR_TASKS:
+        if t in ref.values:
+            value = ref.values[t]
+            first, second = (value if isinstance(value, tuple) else (value, None))
+            tasks[t] = TaskResult(t, "done", float(first), source=ref.source,
+                                  second=None if second is None else float(second))
     return ModelRow(ref.name, "reference", ref.params_m, tasks, leaderboard_score=ref.leaderboard_score,
                     source=ref.source)
 
@@ -355,7 +386,7 @@ class Table:
     def score_note(self) -> str:
         if not self.score_tasks:
             return ("SUPERB score: not computed — no task has a finished result in every one of our rows.")
-        names = ", ".join(t.upper() for t in self.score_tasks)
+        names = ", ".join(reference.TASK_NAMES[t] for t in self.score_tasks)
         if not self.partial:
             return "SUPERB score over all 10 tasks (leaderboard formula)."
         note = (f"SUPERB score (partial): computed over {len(self.score_tasks)}/10 tasks ({names}) as "
@@ -415,7 +446,8 @@ def to_markdown(table: Table) -> str:
         cells += [_fmt(v, 1) for v in _score_cells(table, row, score)] + [_fmt(row.leaderboard_score, 0)]
         lines.append("| " + " | ".join(cells) + " |")
     notes = ["", f"*{table.score_note()}*", "",
-             "Metrics in percent: PER, WER and EER lower is better; accuracies higher is better. ER is the mean "
+             "Metrics in percent: PER, WER, EER and DER lower is better; accuracies higher is better; QbE is "
+             "MTWV (higher is better); SF is slot-type F1 / slot-value CER. ER is the mean "
              "test accuracy of the 5 IEMOCAP folds. Status words instead of numbers: missing (never started), "
              "running, stopped (interrupted), untested (trained, no test result), failed, k/5 folds (ER incomplete)."]
     if macs:
@@ -426,8 +458,8 @@ def to_markdown(table: Table) -> str:
             continue
         notes += ["", f"**{row.name}** ({row.path}):"]
         for task in OUR_TASKS:
-            r = row.tasks[task]
-            line = f"- {task.upper()}: {r.display}" + (f" — {r.detail}" if r.detail and r.status != "partial" else "")
+            r = row.tasks.get(task) or TaskResult(task, "missing")
+            line = f"- {reference.TASK_NAMES[task]}: {r.display}" + (f" — {r.detail}" if r.detail and r.status != "partial" else "")
             if r.folds and r.status != "missing":
                 line += " — folds: " + ", ".join(f"{f} {fr.display}" for f, fr in r.folds.items())
             notes.append(line)
@@ -514,7 +546,7 @@ def plot_spec(table: Table) -> PlotSpec:
         legend = None if labelled[row.kind] else ("this run" if ours else "published")
         labelled[row.kind] = True
         points.append(PlotPoint(row.name, x, y, ours, legend, (6, 6 if i % 2 == 0 else -12)))
-    tasks = ",".join(t.upper() for t in table.score_tasks) or "none"
+    tasks = ",".join(reference.TASK_NAMES[t] for t in table.score_tasks) or "none"
     if table.offline:
         score_name, _, qualifier = table.offline_header().partition(" (")
         return PlotSpec(tuple(points), f"{score_name} over {tasks} vs parameters ({qualifier}",
@@ -583,14 +615,15 @@ def grid_plot(table: Table, path: Path) -> Path:
     for row, score in table.row_scores():
         if row.kind != "ours" or row.gmacs_per_s is None or row.params_m is None:
             continue
-        values = dict(row.values())
+        # SF is drawn by its F1 (the figure has one axis per task)
+        values = {t: v[0] if isinstance(v, tuple) else v for t, v in row.values().items()}
         if score is not None:
             values["score"] = score
         points.append(grid_figure.GridPoint(row.name, row.params_m, row.gmacs_per_s, values))
     if not table.offline:
         points += grid_figure.published_points(grid.MACS_SECONDS, table.score_tasks)
     label = (table.offline_header().partition(" (")[0] if table.offline else table.score_header())
-    tasks = ",".join(t.upper() for t in table.score_tasks) or "no task"
+    tasks = ",".join(reference.TASK_NAMES[t] for t in table.score_tasks) or "no task"
     return grid_figure.draw(points, f"{label} over {tasks}", path)
 
 

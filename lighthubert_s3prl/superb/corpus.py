@@ -12,12 +12,17 @@ directory under OUT                         tasks                   stands in fo
 ``IEMOCAP_full_release`` (+ ``meta_data``)  er                      IEMOCAP, 5 sessions
 ``VoxCeleb1`` (+ split and trial lists)     sid, asv                VoxCeleb1 dev/test wav trees
 ``LibriSpeech`` (+ bucket CSVs, lexicon)    asr, pr                 train-clean-100 / dev-clean / test-clean
+``SNIPS``                                   sf                      SUPERB's Audio SNIPS release
+``Libri2Mix/data``                          sd                      SUPERB's Libri2Mix diarization dirs
+``quesst14Database``                        qbe                     QUESST 2014 (English part)
 ==========================================  ======================  =======================================
+
+The last three are built by :mod:`.corpus_snips`, :mod:`.corpus_librimix` and :mod:`.corpus_quesst`.
 
 The data is learnable by design: test speakers never occur in training (except SID, which is closed-set
 and holds out recording sessions instead), every class occurs in training, and labels are carried by
-what is said (KS, IC, ASR, PR), how it is said (ER: prosody per emotion) or who says it (SID, ASV: one
-espeak voice per speaker, with per-session jitter).
+what is said (KS, IC, ASR, PR, SF, QbE), how it is said (ER: prosody per emotion) or who says it (SID, ASV,
+SD: one espeak voice per speaker, with per-session jitter).
 
 Every file depends only on (preset, seed, its own id): synthesis goes through the fork-per-request
 helper in :mod:`._espeak`, and noise and placement come from generators seeded with the file id. A data
@@ -54,7 +59,7 @@ MANIFEST_NAME = "corpus_manifest.json"
 # folders are ever deleted; the recipes' loaders look at sub-folders and splits, never at this file)
 DATASET_MARK = ".made_by_lighthubert_s3prl.json"
 _TMP_DIR = ".corpus_tmp"
-TASK_NAMES = ("asr", "asv", "ks", "ic", "er", "pr", "sid")
+TASK_NAMES = ("asr", "asv", "ks", "ic", "er", "pr", "sid", "sf", "sd", "qbe")
 
 
 class CorpusError(ValueError):
@@ -94,6 +99,11 @@ class Preset:
     ls_vocabulary: int  # a small vocabulary lets CER/PER move within a short run
     ks_test_unknown_per_speaker: int = 2  # filler words each KS test speaker says (the _unknown_ class)
     acoustics: Acoustics = Acoustics()
+    sf_speakers: Tuple[int, int, int] = (4, 2, 2)  # SF (SNIPS): train, valid, test talkers
+    sf_utts_per_speaker: int = 12  # commands with slots, each talker
+    sd_recordings: Tuple[int, int, int] = (12, 3, 3)  # SD (Libri2Mix): two-talker mixtures train, dev, test
+    qbe_terms: int = 6  # QbE (QUESST14): spoken terms, each with a dev and an eval query
+    qbe_documents: int = 24  # utterances searched (each holds zero, one or two terms)
 
 
 PRESETS: Dict[str, Preset] = {
@@ -106,13 +116,17 @@ PRESETS: Dict[str, Preset] = {
     "small": Preset(ks_speakers=(40, 8, 12), ks_unknown_words=8, ks_test_silence=24,
                     ic_speakers=(12, 3, 3), ic_train_phrasings=2, er_utts_per_emotion=6,
                     vox_speakers=(24, 8), vox_videos=5, vox_utts_per_video=2, asv_trials=320,
-                    ls_speakers=(20, 4, 4), ls_utts_per_speaker=(15, 6, 6), ls_vocabulary=60),
+                    ls_speakers=(20, 4, 4), ls_utts_per_speaker=(15, 6, 6), ls_vocabulary=60,
+                    sf_speakers=(8, 4, 4), sf_utts_per_speaker=24, sd_recordings=(24, 6, 6), qbe_terms=8,
+                    qbe_documents=48),
     # the mini-SUPERB instrument (task scale "mini"): test sets large enough that seed noise stays well below
     # the gaps between upstreams; the KS test set is balanced over its 12 classes, as the real one is
     "mini": Preset(ks_speakers=(60, 10, 30), ks_unknown_words=8, ks_test_silence=30, ks_test_unknown_per_speaker=1,
                    ic_speakers=(16, 4, 8), ic_train_phrasings=2, er_utts_per_emotion=12,
                    vox_speakers=(40, 10), vox_videos=5, vox_utts_per_video=4, asv_trials=1000,
-                   ls_speakers=(30, 6, 6), ls_utts_per_speaker=(15, 8, 8), ls_vocabulary=60),
+                   ls_speakers=(30, 6, 6), ls_utts_per_speaker=(15, 8, 8), ls_vocabulary=60,
+                   sf_speakers=(8, 4, 4), sf_utts_per_speaker=60, sd_recordings=(48, 12, 12), qbe_terms=12,
+                   qbe_documents=96),
 }
 # held out from tuning (use them with a seed of their own, e.g. --seed 1): the mini sizes with other talkers'
 # prosody and pink noise at the same signal-to-noise ratios, and the same with the noise 10 dB stronger
@@ -629,13 +643,29 @@ def _build_librispeech(b: _Build, p: Preset) -> Dict[str, dict]:
 # orchestration
 
 # data set directory -> (tasks it serves, builder)
-_DATASETS: Dict[str, Tuple[Tuple[str, ...], Callable[[_Build, Preset], Dict[str, dict]]]] = {
+Builder = Callable[[_Build, Preset], Dict[str, dict]]
+# data set folder -> (tasks it serves, its builder: a function here, or "module:function" of a builder module
+# beside this one, imported when used because those modules import this one's helpers)
+_DATASETS: Dict[str, Tuple[Tuple[str, ...], Union[Builder, str]]] = {
     "speech_commands": (("ks",), _build_speech_commands),
     "fluent_speech_commands_dataset": (("ic",), _build_fluent),
     "IEMOCAP_full_release": (("er",), _build_iemocap),
     "VoxCeleb1": (("sid", "asv"), _build_voxceleb1),
     "LibriSpeech": (("asr", "pr"), _build_librispeech),
+    "SNIPS": (("sf",), "corpus_snips:build_snips"),
+    "Libri2Mix": (("sd",), "corpus_librimix:build_librimix"),
+    "quesst14Database": (("qbe",), "corpus_quesst:build_quesst"),
 }
+
+
+def _builder(name: str) -> Builder:
+    found = _DATASETS[name][1]
+    if isinstance(found, str):
+        import importlib
+
+        module, function = found.split(":")
+        found = getattr(importlib.import_module(f"{__package__}.{module}"), function)
+    return found
 
 
 def _identity(preset: str, seed: int) -> dict:
@@ -754,7 +784,7 @@ def make_corpus(out_dir: Union[str, Path], preset: str = "ci", seed: int = 0,
             t0 = time.monotonic()
             build = _Build(tts, seed, tmp_dir / name, name)
             build.root.mkdir(parents=True)
-            info = _DATASETS[name][1](build, PRESETS[preset])
+            info = _builder(name)(build, PRESETS[preset])
             for entry in info.values():
                 entry["dataset_dir"] = name
             _atomic_json(build.root / DATASET_MARK, {"identity": identity, "tasks": info})
@@ -777,7 +807,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """``lighthubert-s3prl make-corpus OUT [--preset ci|small] [--seed N] [--tasks ks,ic] [--force]``."""
     parser = argparse.ArgumentParser(
         prog="lighthubert-s3prl make-corpus",
-        description="Synthesise a deterministic mini-SUPERB corpus (KS, IC, ER, SID, ASV, ASR, PR) with "
+        description="Synthesise a deterministic mini-SUPERB corpus (KS, IC, ER, SID, ASV, ASR, PR, SF, SD, QbE) with "
                     "espeak-ng, in the on-disk layouts s3prl's recipes read. Offline; re-running resumes.")
     parser.add_argument("out", metavar="OUT", help="output directory (created if missing)")
     parser.add_argument("--preset", default="ci", choices=sorted(PRESETS),

@@ -19,8 +19,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 from lighthubert_s3prl.io_utils import atomic_write, atomic_write_text
 
 from .options import RunOptions
-from .units import (DONE_FILE, FAILED_FILE, JOB_ID_ENV, LOCK_FILE, RESULT_FILE, SWEEP_FILE, TRAIN_DONE_FILE, Outcome, Unit,
-                    UnitCommands, lock_owner, now_iso, outcome_from_result, read_json, sha256_of, states_checkpoints,
+from .units import (DONE_FILE, FAILED_FILE, JOB_ID_ENV, LAYERS_FILE, LOCK_FILE, RESULT_FILE, SWEEP_FILE, TRAIN_DONE_FILE, Outcome, Unit,
+                    UnitCommands, lock_owner, now_iso, outcome_from_result, read_json, prediction_sha256, sha256_of, states_checkpoints,
                     tasks_module, to_percent, unit_is_done, write_json)
 
 LOG = logging.getLogger("lighthubert_s3prl.superb.runner")
@@ -62,10 +62,11 @@ class UnitExecutor:
             if not ok:
                 return self._fail(unit, "train", message, train_log, started)
             test_started = time.monotonic()
-            result, message, test_log = (self.asv_sweep(unit) if unit.task == "asv" else self.test_best(unit))
+            result, message, test_log = self.test(unit)
             if result is None:
                 return self._fail(unit, "test", message, test_log, started)
             spec = tasks_module().get_task(unit.task)
+            params = result.pop("params", params)
             result.update({
                 "task": unit.task, "fold": unit.fold, "metric": spec.metric, "higher_is_better": spec.higher_is_better,
                 "percent": to_percent(unit.task, result["value"]), "params": params,
@@ -90,8 +91,18 @@ class UnitExecutor:
         return Outcome(unit.name, unit.task, unit.fold, "failed", str(unit.expdir), message=f"{stage}: {message}",
                        seconds=time.monotonic() - started, logs=[str(log)] if log else [])
 
+    def test(self, unit: Unit) -> Tuple[Optional[dict], str, Optional[Path]]:
+        """(result, error message, log) of scoring a trained unit the way its task is scored."""
+        if unit.task == "asv":
+            return self.asv_sweep(unit)
+        if not tasks_module().get_task(unit.task).trains:
+            return self.layer_sweep(unit)
+        return self.test_best(unit)
+
     def train(self, unit: Unit) -> Tuple[bool, str, Optional[int], float]:
         """(ok, message, parameter count, seconds) of training ``unit`` (or finding it already trained)."""
+        if not tasks_module().get_task(unit.task).trains:
+            return True, "nothing to train", None, 0.0
         marker = read_json(unit.expdir / TRAIN_DONE_FILE)
         if isinstance(marker, dict):
             return True, "trained earlier", marker.get("params"), 0.0
@@ -134,14 +145,110 @@ class UnitExecutor:
         rc, text = self.execute(self.commands.test_command(unit, ckpt, split, unit.expdir), log)
         if rc != 0:
             return None, f"s3prl exited with code {rc}; last lines:\n{_tail(text)}", log
-        value = spec.parse_result(text, split)
-        if value is None:
-            return None, f"no '{spec.result_template.format(split=split)}' line in the output", log
+        extra: Dict[str, object] = {}
+        if spec.scored_by == "diarization":
+            scored, error = self._score_diarization(unit)
+            if scored is None:
+                return None, error, log
+            value = float(scored["der"])
+            extra["scoring"] = {k: scored[k] for k in ("threshold", "median", "grid", "hypothesis_rttm")}
+        else:
+            value = spec.parse_result(text, split)
+            if value is None:
+                return None, f"no '{spec.result_template.format(split=split)}' line in the output", log
+        further = spec.parse_extra_results(text, split)
+        absent = [template.format(split=split) for name, template in spec.extra_results if further[name] is None]
+        if absent:
+            return None, f"no '{absent[0]}' line in the output", log
+        if further:
+            extra["extra"] = further
         pred = spec.prediction_path(unit.expdir, unit.fold)
-        if not pred.is_file() or pred.stat().st_size == 0:
+        digest = prediction_sha256(pred)
+        if digest is None:
             return None, f"the evaluation wrote no predictions to {pred}", log
-        return {"value": value, "split": split, "ckpt": ckpt.name, "prediction_file": pred.name,
-                "prediction_sha256": sha256_of(pred), "test_log": str(log), "note": note}, "", log
+        return {"value": value, "split": split, "ckpt": ckpt.name, "prediction_file": spec.prediction_file.format(
+                    fold=unit.fold), "prediction_sha256": digest, "test_log": str(log), "note": note, **extra}, "", log
+
+    def _task_config(self, task: str) -> dict:
+        import yaml
+
+        return yaml.safe_load((self.commands.configs / f"{task}.yaml").read_text(encoding="utf-8"))
+
+    def _score_diarization(self, unit: Unit) -> Tuple[Optional[dict], str]:
+        """SUPERB's SD number: the test predictions as RTTM over its threshold x median grid, lowest DER."""
+        from .diarization import DiarizationError, score_expdir
+
+        test_dir = Path(self._task_config(unit.task)["downstream_expert"]["loaderrc"]["test_dir"])
+        try:
+            scored = score_expdir(unit.expdir, test_dir / "rttm")
+        except (DiarizationError, OSError) as err:
+            return None, f"scoring the diarization: {err}"
+        LOG.info("%s: DER %.4f at threshold %s, median %s", unit.label, scored["der"], scored["threshold"],
+                 scored["median"])
+        return scored, ""
+
+    def layer_sweep(self, unit: Unit) -> Tuple[Optional[dict], str, Optional[Path]]:
+        """QbE: DTW on every hidden state on dev, MTWV of each; the best dev layer is scored on test.
+
+        Each layer's dev MTWV is kept in ``superb_qbe_layers.json`` as soon as it is known, so an
+        interrupted sweep resumes with the next layer.
+        """
+        from lighthubert_s3prl.upstream.probe import parse_probe_output
+
+        from .qbe import QbEError, score_stdlist
+
+        spec = tasks_module().get_task(unit.task)
+        log = self.logs / f"{unit.name}.layers.log"
+        state_path = unit.expdir / LAYERS_FILE
+        state = read_json(state_path)
+        if not isinstance(state, dict) or "hidden_states" not in state:
+            rc, text = self.execute(self.commands.probe_command(), log)
+            found = parse_probe_output(text) if rc == 0 else None
+            if found is None:
+                return None, f"could not count the upstream's hidden states (exit code {rc}):\n{_tail(text)}", log
+            state = {**found, "dev_mtwv": {}}
+            write_json(state_path, state)
+        count = int(state["hidden_states"])
+        dataset_root = Path(self._task_config(unit.task)["downstream_expert"]["datarc"]["dataset_root"])
+        params: Optional[int] = state.get("params")
+
+        def evaluate(split: str, layer: int, scoring_split: str) -> Tuple[Optional[dict], str, Path]:
+            nonlocal params
+            outdir = unit.expdir / "layers" / f"{split}-{layer}"
+            rc, text = self.execute(self.commands.layer_command(unit, split, layer, outdir), log)
+            if rc != 0:
+                return None, f"layer {layer} on {split}: s3prl exited with code {rc}; last lines:\n{_tail(text)}", outdir
+            found = _PARAMS_RE.findall(text)
+            params = int(found[-1].replace(",", "")) if found else params
+            try:
+                return score_stdlist(outdir / spec.prediction_file, dataset_root, scoring_split), "", outdir
+            except (QbEError, OSError) as err:
+                return None, f"layer {layer} on {split}: scoring: {err}", outdir
+
+        dev_scores: Dict[str, float] = state["dev_mtwv"]
+        for layer in range(count):
+            if str(layer) in dev_scores:
+                continue
+            LOG.info("%s: layer %d of 0..%d on %s", unit.label, layer, count - 1, spec.dev_split)
+            scored, error, _ = evaluate(spec.dev_split or "dev", layer, "dev")
+            if scored is None:
+                return None, error, log
+            dev_scores[str(layer)] = float(scored["mtwv"])
+            state["params"] = params
+            write_json(state_path, state)
+        best = max(range(count), key=lambda layer: (dev_scores[str(layer)], -layer))  # a tie: the lower layer
+        split = spec.evaluate_splits[0]
+        LOG.info("%s: layer %d is best on dev (MTWV %.4f); scoring it on %s", unit.label, best,
+                 dev_scores[str(best)], split)
+        scored, error, outdir = evaluate(split, best, "eval")
+        if scored is None:
+            return None, error, log
+        target = unit.expdir / spec.prediction_file
+        atomic_write(target, lambda f: f.write((outdir / spec.prediction_file).read_bytes()))
+        return {"value": float(scored["mtwv"]), "split": split, "ckpt": None, "layer": best,
+                "prediction_file": target.name, "prediction_sha256": sha256_of(target), "test_log": str(log),
+                "dev_mtwv_by_layer": {k: dev_scores[k] for k in sorted(dev_scores, key=int)},
+                "scoring": {k: v for k, v in scored.items() if k != "mtwv"}, "params": params}, "", log
 
     def asv_sweep(self, unit: Unit) -> Tuple[Optional[dict], str, Optional[Path]]:
         """Evaluate every states-*.ckpt on the test trials, keep the best EER's predictions (no dev set)."""

@@ -18,6 +18,7 @@ from .options import RunnerError, RunOptions
 from .units import Unit, now_iso, tasks_module
 
 LAUNCHER_MODULE = "lighthubert_s3prl.run_downstream"
+PROBE_MODULE = "lighthubert_s3prl.upstream.probe"
 
 
 class Launcher:
@@ -71,6 +72,17 @@ class Launcher:
         return self._launcher(distributed=False) + [
             "-m", "evaluate", "-e", str(ckpt), "-t", split, "--device", self.opts.device,
             "-o", f"args.expdir={self._quoted(outdir)}"]
+
+    def probe_command(self) -> List[str]:
+        """Prints how many hidden states the run's upstream gives (QbE scores each one)."""
+        return [self.opts.python, "-m", PROBE_MODULE, *self._upstream_args()]
+
+    def layer_command(self, unit: Unit, split: str, layer: int, outdir: Path) -> List[str]:
+        """Evaluate one hidden state (``-l``) without a trained downstream: QbE's DTW."""
+        spec = tasks_module().get_task(unit.task)
+        return self._launcher(distributed=False) + [
+            "-m", "evaluate", *self._upstream_args(), "-d", spec.downstream, "-c", str(self.configs / f"{unit.task}.yaml"),
+            "-l", str(layer), "-t", split, "-p", str(outdir), "--device", self.opts.device]
 
     def env(self, cuda_devices: Optional[str] = None) -> Dict[str, str]:
         """The environment of every s3prl process of the run; ``cuda_devices`` pins its unit's GPUs."""

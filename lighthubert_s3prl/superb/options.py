@@ -329,6 +329,8 @@ def check_accumulation(tasks: Sequence[str], scale: str, sets: Dict[str, Dict[st
         return
     problems = []
     for task in tasks:
+        if not tasks_module().get_task(task).trains:
+            continue
         plan = batch_plan_for(task, scale, sets.get(task, {}), gpus)
         if not plan.divides:
             fits = [str(n) for n in range(1, plan.accumulate + 1) if plan.accumulate % n == 0]

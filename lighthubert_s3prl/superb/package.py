@@ -33,7 +33,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from lighthubert_s3prl.io_utils import atomic_write
 
-from .units import DONE_FILE, MANIFEST_NAME, RESULT_FILE, SWEEP_FILE, read_json, sha256_of, unit_expdir
+from .units import (DONE_FILE, MANIFEST_NAME, RESULT_FILE, SWEEP_FILE, prediction_sha256, read_json, sha256_of,
+                    unit_expdir)
 
 LOG = logging.getLogger(__name__)
 
@@ -50,11 +51,22 @@ class PackageError(ValueError):
 class Entry:
     """One prediction file of the public-set layout."""
 
-    key: str  # --exp key: pr, asr, asr_lm, ks, ic, sid, asv, er_foldN
-    source: str  # file name in the s3prl expdir
-    dest: str  # path inside the archive
-    kind: str  # line format: ark | label | csv | score
+    key: str  # --exp key: pr, asr, asr_lm, ks, ic, sid, asv, er_foldN, sf, sd, qbe
+    source: str  # file name in the s3prl expdir (SD: a folder of files)
+    dest: str  # path inside the archive (SD: the folder)
+    kind: str  # format: ark | label | csv | score (text lines) | stdlist (QbE XML) | h5 (SD, a folder of them)
     truth: Optional[str] = None  # file beside the source with one line per test item, when s3prl writes one
+    # files shipped with it, (name in the expdir, path in the archive): SD's label frame shift
+    companions: Tuple[Tuple[str, str], ...] = ()
+
+    @property
+    def folder(self) -> bool:
+        return self.kind == "h5"
+
+    @property
+    def unit(self) -> str:
+        """What the archive check counts for this entry."""
+        return {"h5": "recordings", "stdlist": "queries"}.get(self.kind, "lines")
 
 
 # The leaderboard's public-set layout: a table, not logic (pinned by the package tests against SUPERB's layout).
@@ -69,13 +81,74 @@ ENTRIES: Dict[str, Entry] = {
     "asv": Entry("asv", "test_predict.txt", "predict/sv_public/predict.txt", "score", "test_truth.txt"),
     **{f"er_{fold}": Entry(f"er_{fold}", f"test_{fold}_predict.txt", f"predict/er_{fold}_public/predict.txt", "label",
                            f"test_{fold}_truth.txt") for fold in ER_FOLDS},
+    "sf": Entry("sf", "test-hyp.ark", "predict/sf_public/predict.ark", "ark", "test-ref.ark"),
+    "sd": Entry("sd", "scoring/predictions", "predict/sd_public/scoring/predictions", "h5",
+                companions=(("frame_shift", "predict/sd_public/frame_shift"),)),
+    "qbe": Entry("qbe", "benchmark.stdlist.xml", "predict/qbe_public/benchmark.stdlist.xml", "stdlist"),
 }
 KEY_ALIASES = {"sv": "asv", "asr_no_lm": "asr", "asr_with_lm": "asr_lm", **{f"er{i}": f"er_fold{i}" for i in range(1, 6)}}
-DEST_TO_ENTRY = {e.dest: e for e in ENTRIES.values()}
+DEST_TO_ENTRY = {e.dest: e for e in ENTRIES.values() if not e.folder}
+COMPANION_TO_ENTRY = {dest: e for e in ENTRIES.values() for _, dest in e.companions}
 
 
 # ----------------------------------------------------------------------------------------------------
 # content checks
+
+
+def check_stdlist(entry: Entry, data: bytes, where: str) -> int:
+    """QbE's benchmark.stdlist.xml: one detected_termlist per query, scored terms; returns the query count."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as err:
+        raise PackageError(f"{entry.key}: {where} is not well-formed XML ({err})") from None
+    if root.tag != "stdlist":
+        raise PackageError(f"{entry.key}: {where} has root <{root.tag}>; expected <stdlist>")
+    queries = root.findall("detected_termlist")
+    if not queries:
+        raise PackageError(f"{entry.key}: {where} holds no detected_termlist")
+    for query in queries:
+        for term in query.findall("term"):
+            try:
+                float(term.get("score", ""))
+            except ValueError:
+                raise PackageError(f"{entry.key}: {where}: query {query.get('termid')!r}, document "
+                                   f"{term.get('file')!r}: score {term.get('score')!r} is not a number") from None
+    return len(queries)
+
+
+def check_h5(entry: Entry, data: bytes, where: str) -> int:
+    """One SD recording's predictions: a (frames, speakers) T_hat of probabilities; returns its frames."""
+    import io
+
+    import h5py
+    import numpy as np
+
+    try:
+        with h5py.File(io.BytesIO(data), "r") as f:
+            probs = np.asarray(f["T_hat"])
+    except (OSError, KeyError) as err:
+        raise PackageError(f"{entry.key}: {where} is not an HDF5 file with a T_hat dataset ({err})") from None
+    if probs.ndim != 2 or probs.shape[0] == 0 or not np.all((probs >= 0) & (probs <= 1)):
+        raise PackageError(f"{entry.key}: {where}: T_hat must be (frames, speakers) probabilities in [0, 1], "
+                           f"got shape {probs.shape}")
+    return int(probs.shape[0])
+
+
+def check_frame_shift(entry: Entry, data: bytes, where: str) -> None:
+    if not data.strip().isdigit() or int(data.strip()) <= 0:
+        raise PackageError(f"{entry.key}: {where} must hold the label frame shift in samples (e.g. 320), got "
+                           f"{data[:20]!r}")
+
+
+def check_member(entry: Entry, data: bytes, where: str) -> int:
+    """Check one prediction file of ``entry``; returns what counts for it (lines, queries, frames)."""
+    if entry.kind == "stdlist":
+        return check_stdlist(entry, data, where)
+    if entry.kind == "h5":
+        return check_h5(entry, data, where)
+    return check_lines(entry, data, where)
 
 
 def check_lines(entry: Entry, data: bytes, where: str) -> int:
@@ -141,6 +214,38 @@ def _check_asv_sweep(expdir: Path, pred: Path) -> None:
         "run scripts/run_superb.sh --tasks asv (it does the sweep)")
 
 
+def source_files(entry: Entry, expdir: Path) -> Dict[str, Path]:
+    """{path in the archive: checked file} of ``entry`` in ``expdir``: one file, or SD's folder and frame shift."""
+    if not entry.folder:
+        return {entry.dest: source_file(entry, expdir)}
+    if not expdir.is_dir():
+        raise PackageError(f"{entry.key}: expdir {expdir} does not exist")
+    folder = expdir / entry.source
+    files = sorted(folder.glob("*.h5")) if folder.is_dir() else []
+    if not files:
+        raise PackageError(f"{entry.key}: no {entry.source}/*.h5 in {expdir} (has the test been run?)")
+    out = {}
+    for f in files:
+        check_member(entry, f.read_bytes(), str(f))
+        out[f"{entry.dest}/{f.name}"] = f
+    for name, dest in entry.companions:
+        if not (expdir / name).is_file():
+            raise PackageError(f"{entry.key}: no {name} in {expdir}; the leaderboard needs it to turn the predictions "
+                               "into RTTM (s3prl writes it when the downstream is built; re-run the test)")
+        check_frame_shift(entry, (expdir / name).read_bytes(), str(expdir / name))
+        out[dest] = expdir / name
+    _check_runner_hash(entry, expdir, folder)
+    return out
+
+
+def _check_runner_hash(entry: Entry, expdir: Path, pred: Path) -> None:
+    result = read_json(expdir / RESULT_FILE)
+    if isinstance(result, dict) and result.get("prediction_file") == entry.source and result.get("prediction_sha256"):
+        if result["prediction_sha256"] != prediction_sha256(pred):
+            raise PackageError(f"{entry.key}: {pred} changed after the runner tested {result.get('ckpt')} "
+                               "(another evaluation overwrote it?); re-run the test step")
+
+
 def source_file(entry: Entry, expdir: Path) -> Path:
     """The checked prediction file of ``entry`` in ``expdir``."""
     if not expdir.is_dir():
@@ -148,7 +253,7 @@ def source_file(entry: Entry, expdir: Path) -> Path:
     pred = expdir / entry.source
     if not pred.is_file():
         raise PackageError(f"{entry.key}: no {entry.source} in {expdir} (has the test been run?)")
-    lines = check_lines(entry, pred.read_bytes(), str(pred))
+    lines = check_member(entry, pred.read_bytes(), str(pred))
     truth = expdir / entry.truth if entry.truth else None
     if truth is not None and truth.is_file() and truth.stat().st_size > 0:
         expected = len(truth.read_text(errors="replace").splitlines())
@@ -157,11 +262,7 @@ def source_file(entry: Entry, expdir: Path) -> Path:
                                "items (an interrupted or mismatched evaluation?)")
     if entry.key == "asv":
         _check_asv_sweep(expdir, pred)
-    result = read_json(expdir / RESULT_FILE)
-    if isinstance(result, dict) and result.get("prediction_file") == entry.source and result.get("prediction_sha256"):
-        if result["prediction_sha256"] != sha256_of(pred):
-            raise PackageError(f"{entry.key}: {pred} changed after the runner tested {result.get('ckpt')} "
-                               "(another evaluation overwrote it?); re-run the test step")
+    _check_runner_hash(entry, expdir, pred)
     return pred
 
 
@@ -198,7 +299,7 @@ def sources_from_exp_root(root: Path, skip: Sequence[str] = ()) -> Dict[str, Pat
         raise PackageError(f"{root} is not a run_superb.sh experiment root (no {MANIFEST_NAME}); use --exp KEY=DIR")
     out: Dict[str, Path] = {}
     problems = []
-    for task in ("pr", "ks", "ic", "sid", "asr", "asv"):
+    for task in ("pr", "ks", "ic", "sid", "asr", "asv", "sd", "qbe", "sf"):
         if task in skip:
             continue
         expdir = unit_expdir(root, task)
@@ -243,22 +344,46 @@ def validate_archive(path: Union[str, Path]) -> Dict[str, int]:
         bad = archive.testzip()
         if bad is not None:
             raise PackageError(f"{path}: member {bad} is corrupt")
-        folders = {"predict/"} | {e.dest.rsplit("/", 1)[0] + "/" for e in ENTRIES.values()}
+        folders = {"predict/"} | {f for e in ENTRIES.values() for f in _folders_of(e.dest, e.folder)}
+        companions = set()
         for info in archive.infolist():
             if info.is_dir():
                 if info.filename not in folders:
                     raise PackageError(f"{path}: unexpected folder {info.filename!r}; the layout is "
                                        "predict/<task>_public/")
                 continue
+            where = f"{path}:{info.filename}"
             entry = DEST_TO_ENTRY.get(info.filename)
-            if entry is None:
-                raise PackageError(f"{path}: unexpected member {info.filename!r}; a public-set submission holds only "
-                                   "predict/<task>_public/predict.{ark,txt,csv}")
-            counts[entry.key] = check_lines(entry, archive.read(info), f"{path}:{info.filename}")
+            if entry is not None:
+                counts[entry.key] = check_member(entry, archive.read(info), where)
+            elif info.filename in COMPANION_TO_ENTRY:
+                entry = COMPANION_TO_ENTRY[info.filename]
+                check_frame_shift(entry, archive.read(info), where)
+                companions.add(entry.key)
+            else:
+                entry = next((e for e in ENTRIES.values() if e.folder and info.filename.startswith(e.dest + "/")
+                              and info.filename.endswith(".h5")), None)
+                if entry is None:
+                    raise PackageError(f"{path}: unexpected member {info.filename!r}; a public-set submission holds "
+                                       "only predict/<task>_public/ files (predict.{ark,txt,csv}, "
+                                       "benchmark.stdlist.xml, scoring/predictions/*.h5 and frame_shift)")
+                check_member(entry, archive.read(info), where)
+                counts[entry.key] = counts.get(entry.key, 0) + 1
+    for entry in ENTRIES.values():
+        if entry.companions and (entry.key in counts) != (entry.key in companions):
+            has, lacks = ("predictions", "frame_shift") if entry.key in counts else ("frame_shift", "predictions")
+            raise PackageError(f"{path}: {entry.key} has {has} but no {lacks}; the leaderboard needs both")
     if not counts:
         raise PackageError(f"{path} holds no prediction file")
     check_er_folds(counts)
     return counts
+
+
+def _folders_of(dest: str, folder: bool) -> List[str]:
+    """Every folder above ``dest`` (and ``dest`` itself when it is one), as zip folder entries."""
+    parts = dest.split("/")
+    upto = len(parts) if folder else len(parts) - 1
+    return ["/".join(parts[:i]) + "/" for i in range(1, upto + 1)]
 
 
 def build_public(sources: Dict[str, Path], out: Union[str, Path]) -> Tuple[Path, Dict[str, int]]:
@@ -266,7 +391,9 @@ def build_public(sources: Dict[str, Path], out: Union[str, Path]) -> Tuple[Path,
     if not sources:
         raise PackageError("nothing to package: give --exp KEY=DIR (repeatable) or --from EXP_ROOT")
     check_er_folds(sources)
-    files = {key: source_file(ENTRIES[key], expdir) for key, expdir in sources.items()}
+    files: Dict[str, Path] = {}  # path in the archive -> file
+    for key, expdir in sources.items():
+        files.update(source_files(ENTRIES[key], expdir))
     out = Path(out).expanduser()
     if out.suffix != ".zip":
         raise PackageError(f"-o {out}: the leaderboard takes a .zip (e.g. -o predict.zip)")
@@ -274,16 +401,16 @@ def build_public(sources: Dict[str, Path], out: Union[str, Path]) -> Tuple[Path,
     def write(f) -> None:
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             # folder entries too, as `zip -r predict.zip predict/` (s3prl's submit.py) writes them
-            folders = ["predict/"] + sorted({ENTRIES[k].dest.rsplit("/", 1)[0] + "/" for k in files})
+            folders = sorted({f for dest in files for f in _folders_of(dest, False)})
             for folder in folders:
                 info = zipfile.ZipInfo(folder, date_time=_ZIP_TIME)
                 info.external_attr = (0o40755 << 16) | 0x10
                 archive.writestr(info, b"")
-            for key in sorted(files, key=lambda k: ENTRIES[k].dest):
-                info = zipfile.ZipInfo(ENTRIES[key].dest, date_time=_ZIP_TIME)
+            for dest in sorted(files):
+                info = zipfile.ZipInfo(dest, date_time=_ZIP_TIME)
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16
-                archive.writestr(info, files[key].read_bytes())
+                archive.writestr(info, files[dest].read_bytes())
 
     atomic_write(out, write)
     try:
@@ -436,7 +563,7 @@ def build_hidden(ckpt: Union[str, Path], subnet: str, out_dir: Union[str, Path],
 
 def _print_counts(path: Path, counts: Dict[str, int]) -> None:
     for key in sorted(counts, key=lambda k: ENTRIES[k].dest):
-        print(f"  {ENTRIES[key].dest:36s} {counts[key]:7d} lines")
+        print(f"  {ENTRIES[key].dest:36s} {counts[key]:7d} {ENTRIES[key].unit}")
     print(f"{path}: valid public-set submission ({len(counts)} file(s))")
 
 

@@ -22,13 +22,14 @@ Value = Union[float, Tuple[float, float]]
 
 # the ten leaderboard tasks, in the leaderboard's column order
 ALL_TASKS: Tuple[str, ...] = ("pr", "ks", "ic", "sid", "er", "asr", "asv", "sd", "qbe", "sf")
-# the seven this project runs, in the paper-table order
-OUR_TASKS: Tuple[str, ...] = ("pr", "ks", "ic", "sid", "er", "asr", "asv")
+# the tasks this project runs: all ten, in the same order
+OUR_TASKS: Tuple[str, ...] = ALL_TASKS
 
 TASK_LABELS: Dict[str, str] = {
     "pr": "PR PER↓", "ks": "KS Acc↑", "ic": "IC Acc↑", "sid": "SID Acc↑", "er": "ER Acc↑",
     "asr": "ASR WER↓", "asv": "ASV EER↓", "sd": "SD DER↓", "qbe": "QbE MTWV↑", "sf": "SF F1↑/CER↓",
 }
+TASK_NAMES: Dict[str, str] = {t: ("QbE" if t == "qbe" else t.upper()) for t in ALL_TASKS}
 HIGHER_IS_BETTER: Dict[str, bool] = {
     "pr": False, "ks": True, "ic": True, "sid": True, "er": True, "asr": False, "asv": False,
     "sd": False, "qbe": True, "sf": True,  # sf is (F1 higher, CER lower); the score handles each part
@@ -73,7 +74,7 @@ class Score:
     def describe(self) -> str:
         if not self.partial:
             return f"{self.value:.1f} (all 10 tasks)"
-        return f"{self.value:.1f} (partial: {len(self.tasks)}/10 tasks: {','.join(t.upper() for t in self.tasks)})"
+        return f"{self.value:.1f} (partial: {len(self.tasks)}/10 tasks: {','.join(TASK_NAMES[t] for t in self.tasks)})"
 
 
 def superb_score(values: Mapping[str, Optional[Value]], tasks: Optional[Iterable[str]] = None) -> Optional[Score]:

@@ -10,9 +10,11 @@ Layout of an experiment root (``--exp-root``)::
 
     run_superb.json            what the root was made for (upstream, -k, -g, scale); guards against mixing
     configs/<task>.yaml        the config each task was built with (tasks.build_config)
-    <task>/                    s3prl expdir of asr, asv, ks, ic, pr, sid
+    <task>/                    s3prl expdir of asr, asv, ks, ic, pr, sid, sd, sf (qbe: the chosen layer's files)
     er/fold1 .. er/fold5/      one expdir per ER fold (test_fold=foldN)
     asv/sweep/states-N/        ASV: evaluation of each saved checkpoint on the test trials
+    qbe/layers/{dev,test}-L/   QbE: DTW on hidden state L (every L on dev, the best dev layer on test)
+    sd/scoring/                SD: test predictions, their RTTM at each threshold/median, superb_der.json
     logs/<unit>.{train,test}.log, logs/asv.sweep.log
     summary.json, summary.txt  the last run's outcome per unit, with where each result went
 
@@ -20,7 +22,8 @@ Inside each expdir, besides s3prl's own files, the runner keeps its state:
 ``superb_train_done.json`` (training finished), ``superb_result.json`` (the test result on the chosen
 checkpoint), ``superb_done`` (written last, atomically: the unit is finished and is skipped on re-runs),
 ``superb_failed.json`` (the last failure), ``.superb_running.json`` (pid of a runner working on it), and
-for ASV ``superb_asv_sweep.json`` (EER of every checkpoint and which one was kept).
+for ASV ``superb_asv_sweep.json`` (EER of every checkpoint and which one was kept), for QbE
+``superb_qbe_layers.json`` (hidden-state count and every layer's dev MTWV).
 
 A unit without ``superb_done`` is resumed: finished training is not repeated, interrupted training
 continues from the latest ``states-*.ckpt`` (s3prl's ``-a``), and only the test is redone.
@@ -136,6 +139,8 @@ class SuperbRunner:
         tasks = tasks_module()
         spec = tasks.get_task(task)
         out: Dict[str, Any] = {k: v for k, v in self.opts.data[task].items() if k != "root"}
+        if not spec.trains:
+            return {**out, **self.opts.sets.get(task, {})}
         if not self.opts.test_during_training and spec.dev_split:
             # the test score is taken from the dev-best checkpoint afterwards: testing at every
             # eval_step during training only costs time (and its prediction files get overwritten)
@@ -152,6 +157,8 @@ class SuperbRunner:
 
     def describe_task(self, task: str) -> List[str]:
         """What a run of ``task`` will use that is not in its config file as shipped: batch, SID rate."""
+        if not tasks_module().get_task(task).trains:
+            return [f"{task}: no training: DTW on each hidden state on dev, the best dev layer scored on test"]
         plan = self.batch_plan(task)
         lines = [f"{task}: effective batch {plan.describe()}"]
         if plan.processes > 1:

@@ -1,6 +1,6 @@
-"""The seven SUPERB tasks this project runs, and ready-to-run s3prl configs for them.
+"""The ten public SUPERB tasks, and ready-to-run s3prl configs for them.
 
-``TASKS[name]`` (``asr asv ks ic er pr sid``) tells the batch scripts everything task-specific: the s3prl
+``TASKS[name]`` (``asr asv ks ic er pr sid sd qbe sf``) tells the batch scripts everything task-specific: the s3prl
 ``-d`` name, our shipped config (``downstream_configs/<task>/config.yaml`` plus ``ci.yaml`` for the
 CI-scale override), the evaluation split(s), the line s3prl prints with the score, the best
 checkpoint's name, the prediction file and where it goes in a leaderboard ``predict.zip``.
@@ -13,7 +13,8 @@ lists, LibriSpeech length tables for bucketing, the ASV speaker list. PR on real
 SUPERB's two g2p lexicons (:mod:`lighthubert_s3prl.superb.lexicon` fetches them once into the cache, or
 ``lexicon=[...]`` names local copies); a CMUdict lexicon serves the synthetic corpus only. ASV scores
 the original VoxCeleb1-O trial list (37,720 trials), as SUPERB does; the cleaned list is refused unless
-``allow_cleaned_trials=True`` says it is meant.
+``allow_cleaned_trials=True`` says it is meant. SF takes the data set's own ``slots.txt``; SD's test data dir
+holds the reference ``rttm`` its DER is scored against; QbE trains nothing (see :attr:`TaskSpec.trains`).
 """
 from __future__ import annotations
 
@@ -84,6 +85,12 @@ class TaskSpec:
     batch_key: str = f"{_DATARC}.train_batch_size"  # dotted config key of the training batch size
     bucket_halves: bool = False  # s3prl splits every training bucket of this task in two
     notes: str = ""
+    # further printed scores kept with the result, (name, printed line with {split}): SF's slot-value CER
+    extra_results: Tuple[Tuple[str, str], ...] = ()
+    trains: bool = True  # QbE has no downstream to train: DTW on one layer's features
+    # who turns the test run into the number: "recipe" (the printed line), "diarization" (RTTM + DER over
+    # SUPERB's threshold/median grid, :mod:`.diarization`), "qbe" (MTWV of the layer best on dev, :mod:`.qbe`)
+    scored_by: str = "recipe"
 
     @property
     def config_dir(self) -> Path:
@@ -105,6 +112,15 @@ class TaskSpec:
         """The last score the recipe printed for ``split`` in ``text`` (a log or captured stdout)."""
         found = self.result_regex(split).findall(text)
         return float(found[-1]) if found else None
+
+    def parse_extra_results(self, text: str, split: Optional[str] = None) -> Dict[str, Optional[float]]:
+        """The further scores of :attr:`extra_results` printed for ``split`` (None where absent)."""
+        out: Dict[str, Optional[float]] = {}
+        for name, template in self.extra_results:
+            line = re.escape(template.format(split=split or self.evaluate_splits[0]))
+            found = re.findall(rf"^{line}\s*([-+0-9.eE]+|nan|inf)\s*$", text, re.MULTILINE)
+            out[name] = float(found[-1]) if found else None
+        return out
 
     def prediction_path(self, expdir: Union[str, Path], fold: Optional[str] = None) -> Path:
         if "{fold}" in self.prediction_file and fold is None:
@@ -155,6 +171,28 @@ TASKS: Dict[str, TaskSpec] = {
         data_section=_DATARC, data_keys=("file_path", "meta_data"), assets={}, metric="acc",
         higher_is_better=True, result_template="{split} acc:", submission_file="sid_public/predict.txt", lr=5e-3,
         notes="LightHuBERT authors: lr 5e-3 (small), 5e-2 (base), 1e-2 (stage1)"),
+    "sd": TaskSpec(
+        name="sd", title="SD (Libri2Mix, 2 speakers, DER %)", downstream="diarization",
+        data_section="downstream_expert.loaderrc", data_keys=("train_dir", "dev_dir", "test_dir"), assets={},
+        metric="der", higher_is_better=False, result_template="mode {split} acc", best_ckpt="best-states-dev.ckpt",
+        prediction_file="scoring/predictions", submission_file="sd_public/scoring/predictions", lr=5e-4,
+        batch_key="downstream_expert.loaderrc.train_batchsize", scored_by="diarization",
+        notes="test predictions to RTTM at median {1, 11} x threshold {0.3..0.7}; the lowest DER is reported"),
+    "qbe": TaskSpec(
+        name="qbe", title="QbE (QUESST 2014 English, MTWV)", downstream="quesst14_dtw",
+        data_section="downstream_expert.datarc", data_keys=("dataset_root",), assets={}, metric="mtwv",
+        higher_is_better=True, result_template="{split} mtwv:", best_ckpt=None,
+        prediction_file="benchmark.stdlist.xml", submission_file="qbe_public/benchmark.stdlist.xml",
+        batch_key="downstream_expert.datarc.batch_size", trains=False, scored_by="qbe",
+        notes="no training: DTW on every layer on dev, the best dev layer scored on test"),
+    "sf": TaskSpec(
+        name="sf", title="SF (Audio SNIPS, slot-type F1 % / slot-value CER %)", downstream="ctc",
+        data_section="downstream_expert.corpus", data_keys=("path",),
+        assets={"downstream_expert.text.vocab_file": "character.txt"}, metric="slot_type_f1",
+        higher_is_better=True, result_template="{split} slot_type_f1:", prediction_file="test-hyp.ark",
+        submission_file="sf_public/predict.ark", batch_key="downstream_expert.corpus.batch_size",
+        extra_results=(("slot_value_cer", "{split} slot_value_cer:"),),
+        notes="SUPERB scores the mean of F1's and CER's normalised terms"),
 }
 
 # the learning rates the LightHuBERT authors used for SID, per released model (preset name)
@@ -350,6 +388,26 @@ def _resolve_real(spec: TaskSpec, root: Path, given: Dict[str, Any], assets: Pat
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
                 out["train_meta_data"] = str(path)
+    elif name == "sf":
+        found = _first_dir([root, root / "SNIPS"], lambda d: (d / "all.iob.snips.txt").is_file())
+        if "path" not in out and found is None:
+            raise _missing(name, root, "SUPERB's Audio SNIPS (all.iob.snips.txt, slots.txt, train/ valid/ test/)")
+        out.setdefault("path", str(found))
+    elif name == "sd":
+        found = _first_dir([root, root / "data", root / "diarization" / "data"],
+                           lambda d: all((d / s / "segments").is_file() for s in ("train", "dev", "test")))
+        if found is None and not all(k in out for k in spec.data_keys):
+            raise _missing(name, root, "Libri2Mix diarization data dirs train/ dev/ test/ (wav.scp, segments, "
+                                       "utt2spk, reco2dur, rttm; written by SUPERB's LibriMix prepare_diarization.py)")
+        for split in ("train", "dev", "test"):
+            out.setdefault(f"{split}_dir", str(found / split) if found else None)
+            _check_wav_scp(Path(out[f"{split}_dir"]))
+    elif name == "qbe":
+        found = _first_dir([root, root / "quesst14Database"],
+                           lambda d: (d / "scoring" / "language_key_utterances.lst").is_file())
+        if "dataset_root" not in out and found is None:
+            raise _missing(name, root, "the QUESST 2014 database (Audio/, dev_queries/, eval_queries/, scoring/)")
+        out.setdefault("dataset_root", str(found))
     elif name in ("asr", "pr"):
         key = "libri_root" if name == "asr" else "path"
         found = _first_dir([root, root / "LibriSpeech"], lambda d: (d / "train-clean-100").is_dir())
@@ -370,6 +428,20 @@ def _resolve_real(spec: TaskSpec, root: Path, given: Dict[str, Any], assets: Pat
         if name == "pr" and "lexicon" not in out:
             out["lexicon"] = _corpus_lexicon(libri) or _superb_lexicons()
     return out
+
+
+def _check_wav_scp(data_dir: Path) -> None:
+    """SD's loader opens wav.scp paths as written, from the directory s3prl runs in: they must be absolute."""
+    scp = data_dir / "wav.scp"
+    if not scp.is_file():
+        if not (data_dir / "wav").is_dir():
+            raise TaskConfigError(f"sd: {data_dir} has neither wav.scp nor a wav/ folder of recordings")
+        return
+    for n, line in enumerate(scp.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split(None, 1)
+        if len(parts) == 2 and not parts[1].rstrip().endswith("|") and not Path(parts[1].strip()).is_absolute():
+            raise TaskConfigError(f"sd: {scp}:{n} names {parts[1].strip()!r}, a relative path, which s3prl would "
+                                  "open from its working directory (the exp root); write absolute paths into wav.scp")
 
 
 def _resolve_corpus(spec: TaskSpec, manifest: dict, given: Dict[str, Any]) -> Dict[str, Any]:
@@ -465,6 +537,8 @@ def build_config(task: str, data_root: Union[str, Path], out_path: Union[str, Pa
     given: Dict[str, Any] = {}  # data keys the caller fixed: used as they are, never searched for
     dotted: Dict[str, Any] = {}
     for key, value in overrides.items():
+        if key == "slots_file" and task == "sf":
+            continue  # placed after the data is located
         if key == "test_fold":
             if value not in spec.folds:
                 raise TaskConfigError(f"{task}: test_fold must be one of {', '.join(spec.folds) or '(no folds)'}; "
@@ -496,6 +570,12 @@ def build_config(task: str, data_root: Union[str, Path], out_path: Union[str, Pa
         _set_dotted(config, f"{spec.data_section}.{key}", data[key])
     for key, filename in spec.assets.items():
         _set_dotted(config, key, str(spec.config_dir / filename))
+    if task == "sf":  # the slot list belongs to the data set; the tokenizer reads it from the text section
+        slots = Path(overrides.get("slots_file") or Path(data["path"]) / "slots.txt")
+        if not slots.is_file():
+            raise TaskConfigError(f"sf: {slots} is missing; SUPERB's SNIPS folder holds slots.txt (pass "
+                                  "slots_file=PATH if yours lives elsewhere)")
+        _set_dotted(config, "downstream_expert.text.slots_file", str(slots.resolve()))
 
     from lighthubert_s3prl.io_utils import atomic_write_text
 

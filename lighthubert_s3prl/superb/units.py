@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tupl
 
 from lighthubert_s3prl.io_utils import atomic_write_text
 
-TASK_ORDER: Tuple[str, ...] = ("pr", "ks", "ic", "sid", "er", "asr", "asv")  # the paper table's order
+TASK_ORDER: Tuple[str, ...] = ("pr", "ks", "ic", "sid", "er", "asr", "asv", "sd", "qbe", "sf")  # the leaderboard's order
 MANIFEST_NAME = "run_superb.json"
 RESULT_FILE = "superb_result.json"
 DONE_FILE = "superb_done"
@@ -28,8 +28,10 @@ TRAIN_DONE_FILE = "superb_train_done.json"
 FAILED_FILE = "superb_failed.json"
 LOCK_FILE = ".superb_running.json"
 SWEEP_FILE = "superb_asv_sweep.json"
-# s3prl prints accuracy, EER and PER as fractions, ASR WER in percent; tables use percent throughout
-PERCENT_FACTOR: Dict[str, float] = {"asr": 1.0}
+LAYERS_FILE = "superb_qbe_layers.json"  # QbE: hidden-state count and the dev MTWV of each layer
+# s3prl prints accuracy, EER, PER and SF's F1/CER as fractions (our DER too), ASR WER in percent; tables use
+# percent throughout, except QbE, whose MTWV the leaderboard shows as it is
+PERCENT_FACTOR: Dict[str, float] = {"asr": 1.0, "qbe": 1.0}
 _STATES_RE = re.compile(r"states-(\d+)\.ckpt$")
 
 
@@ -62,6 +64,20 @@ def sha256_of(path: Union[str, Path]) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def prediction_sha256(path: Union[str, Path]) -> Optional[str]:
+    """sha256 of a prediction file, or of a folder of them (SD) over names and contents; None if empty."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_of(path) if path.stat().st_size else None
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.relative_to(path).as_posix().encode() + b"\0" + bytes.fromhex(sha256_of(f)))
     return digest.hexdigest()
 
 
@@ -189,9 +205,15 @@ def outcome_from_result(unit: Unit, result: dict, status: str, seconds: float, m
 class UnitCommands(Protocol):
     """The s3prl command lines of a unit (:class:`lighthubert_s3prl.superb.launch.Launcher` writes them)."""
 
+    configs: Path  # where configs/<task>.yaml are
+
     def train_command(self, unit: Unit) -> List[str]: ...
 
     def test_command(self, unit: Unit, ckpt: Path, split: str, outdir: Path) -> List[str]: ...
+
+    def probe_command(self) -> List[str]: ...
+
+    def layer_command(self, unit: Unit, split: str, layer: int, outdir: Path) -> List[str]: ...
 
 
 def print_plan(units: Sequence[Unit], commands: UnitCommands, logs: Path,
@@ -209,6 +231,15 @@ def print_plan(units: Sequence[Unit], commands: UnitCommands, logs: Path,
             described.add(unit.task)
             print("\n".join(f"# {line}" for line in describe_task(unit.task)))
         print(f"# {unit.label}: expdir {unit.expdir}")
+        spec = tasks_module().get_task(unit.task)
+        if not spec.trains:  # QbE: every layer on dev, then the best one on test
+            print(shlex.join(commands.probe_command()) + "   # how many hidden states: L")
+            print("#   for LAYER in 0 .. L-1 (MTWV of each on dev; the best one then runs with -t test):")
+            print(shlex.join(commands.layer_command(unit, spec.dev_split or "dev", -1,
+                                                    unit.expdir / "layers" / "dev-LAYER")).replace("-l -1", "-l LAYER")
+                  + f"  >> {logs / (unit.name + '.layers.log')} 2>&1")
+            outcomes.append(Outcome(unit.name, unit.task, unit.fold, "planned", str(unit.expdir)))
+            continue
         if (unit.expdir / TRAIN_DONE_FILE).is_file():
             print("#   training finished earlier")
         else:
@@ -216,7 +247,6 @@ def print_plan(units: Sequence[Unit], commands: UnitCommands, logs: Path,
             if previous:
                 print(f"#   resumes from {previous[-1][1].name} (-a)")
             print(shlex.join(commands.train_command(unit)) + f"  > {logs / (unit.name + '.train.log')} 2>&1")
-        spec = tasks_module().get_task(unit.task)
         split = spec.evaluate_splits[0]
         if unit.task == "asv":
             print(f"#   then for every {unit.expdir}/states-N.ckpt (best EER kept):")
@@ -225,5 +255,8 @@ def print_plan(units: Sequence[Unit], commands: UnitCommands, logs: Path,
         else:
             print(shlex.join(commands.test_command(unit, unit.expdir / spec.best_ckpt, split, unit.expdir))
                   + f"  > {logs / (unit.name + '.test.log')} 2>&1")
+            if spec.scored_by == "diarization":
+                print(f"#   then {unit.expdir}/scoring/predictions -> RTTM at median 1, 11 x threshold 0.3 .. 0.7, "
+                      "DER against the test set's rttm; the lowest is reported")
         outcomes.append(Outcome(unit.name, unit.task, unit.fold, "planned", str(unit.expdir)))
     return outcomes

@@ -10,13 +10,14 @@ Nothing in site-packages is edited; :func:`apply` swaps a few attributes in this
   small trees are measured in-process instead of in 12 joblib workers.
 * ``voxceleb1`` (SID) caches its path lists in ``<site-packages>/.../.cache/{train,dev,test}.pkl`` under
   no key at all. It moves to our cache dir, keyed by data root and split file.
-* ``speech_commands`` (KS) and ``sv_voxceleb1`` read audio through ``torchaudio.sox_effects``, which needs
+* ``speech_commands`` (KS), ``sv_voxceleb1`` and ``quesst14_dtw`` (QbE) read audio through ``torchaudio.sox_effects``, which needs
   the system libsox (``apt-get install libsox-dev``). Without it, a soundfile/soxr implementation of
   the effects they use (channels 1, rate, gain, and the ``silence`` trim) stands in; on the corpus and on
   synthetic pauses it gives the same samples as libsox 14.4.2 (the tests compare where libsox exists).
   ``LIGHTHUBERT_S3PRL_SOX=python`` forces it, ``=sox`` insists on libsox.
-* ``ctc`` (PR with ``libriphone``) imports ``downstream/ctc/corpus/``, which the PyPI package does not
-  ship. An implementation of the LibriSpeech-phoneme dataset is registered under that module name.
+* ``ctc`` (PR with ``libriphone``, SF with ``snips``) imports ``downstream/ctc/corpus/``, which the PyPI
+  package does not ship. Implementations of both data sets are registered under those module names
+  (SNIPS: :mod:`.snips_dataset`).
 * Recipes with a dev set save ``<dev>-best.ckpt`` only when a score strictly beats the metric's bound
   (accuracy 0, WER 100), so short runs can end without the checkpoint SUPERB tests; the first dev
   evaluation now always counts as the best so far.
@@ -398,12 +399,16 @@ def _provide_ctc_corpus() -> None:
             return  # a git checkout of s3prl has the real one
     except ModuleNotFoundError:
         pass
+    from .snips_dataset import SnipsDataset
+
     package = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, None, is_package=True))
     package.__doc__ = "Stand-in for s3prl's ctc/corpus package, which the PyPI package does not ship"
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(f"{name}.libriphone", None))
-    module.LibriPhoneDataset = LibriPhoneDataset
-    package.libriphone = module
-    sys.modules[name], sys.modules[module.__name__] = package, module
+    sys.modules[name] = package
+    for corpus, cls in (("libriphone", LibriPhoneDataset), ("snips", SnipsDataset)):
+        module = importlib.util.module_from_spec(importlib.util.spec_from_loader(f"{name}.{corpus}", None))
+        setattr(module, cls.__name__, cls)
+        setattr(package, corpus, module)
+        sys.modules[module.__name__] = module
     importlib.import_module("s3prl.downstream.ctc").corpus = package
 
 
@@ -455,6 +460,8 @@ _DOWNSTREAM_PATCHES: Dict[str, List[Tuple[str, Callable[[types.ModuleType], None
     "emotion": [("expert", _first_dev_is_best_acc)],
     "asr": [("expert", functools.partial(_patch_first_dev_is_best, higher_is_better=False))],  # WER
     "ctc": [("expert", functools.partial(_patch_first_dev_is_best, higher_is_better=None))],
+    "diarization": [("expert", _first_dev_is_best_acc)],  # best-states-dev.ckpt, chosen by frame accuracy
+    "quesst14_dtw": [("dataset", _patch_sox)],
 }
 
 
