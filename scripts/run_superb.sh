@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Batch SUPERB runs for one upstream: any set of tasks, ER 5-fold loop, ASV checkpoint sweep, test on the
-# dev-best checkpoint, resumable. The logic lives in lighthubert_s3prl/superb/runner.py; this wrapper
+# Batch SUPERB runs for one upstream: any of the ten tasks, ER 5-fold loop, ASV checkpoint sweep, QbE layer
+# sweep, SD's DER grid, test on the dev-best checkpoint, resumable. The logic lives in lighthubert_s3prl/superb/runner.py; this wrapper
 # only finds the project's Python. Every s3prl run goes through lighthubert_s3prl.run_downstream.
 set -euo pipefail
 

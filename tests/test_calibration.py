@@ -148,3 +148,13 @@ def test_an_unusable_root_is_an_error_naming_the_fix(setup, message, tmp_path, c
 def test_a_pair_must_name_two_rows(text):
     with pytest.raises(CalibrationError, match="expected BETTER>WORSE"):
         calibration.parse_pairs([text])
+
+
+def test_qbe_has_no_seed_noise_so_any_gap_separates():
+    rows = {"fbank": {"qbe": calibration.Cell({1: 0.80})}, "random": {"qbe": calibration.Cell({1: 0.03})},
+            "same": {"qbe": calibration.Cell({1: 0.80})}}
+    ahead = calibration.gap(rows, "qbe", "fbank", "random")
+    assert ahead.gap == pytest.approx(0.77) and ahead.noise == 0.0 and ahead.separates
+    assert not calibration.gap(rows, "qbe", "same", "fbank").separates  # a tie separates nothing
+    text = calibration.to_markdown(rows, [("fbank", "random")])
+    assert "| upstream | QbE ↑ |" in text and "QbE trains nothing" in text and "+0.77 separates" in text

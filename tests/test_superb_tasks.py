@@ -145,7 +145,8 @@ MINI_MAY_CHANGE = re.compile(r"^(runner\.(total_steps|log_step|eval_step|save_st
 MINI_MODEL_EXCEPTIONS = {"asr": {"downstream_expert.modelrc.project_dim": 256,
                                  "downstream_expert.modelrc.RNNs.dim": [256, 256]},
                          "sf": {"downstream_expert.model.project_dim": 256,  # the same, stated in sf/mini.yaml
-                                "downstream_expert.model.RNNs.dim": [256, 256]}}
+                                "downstream_expert.model.RNNs.dim": [256, 256]},
+                         "sd": {"downstream_expert.modelrc.hidden_size": 256}}  # stated in sd/mini.yaml
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))

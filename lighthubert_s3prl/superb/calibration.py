@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .collect import collect_model
-from .reference import HIGHER_IS_BETTER
+from .reference import HIGHER_IS_BETTER, TASK_NAMES
 from ..io_utils import atomic_write_text
-from .units import TASK_ORDER
+from .units import TASK_ORDER, tasks_module
 
 LOG = logging.getLogger(__name__)
 
@@ -106,6 +106,8 @@ def gap(rows: Dict[str, Dict[str, Cell]], task: str, better: str, worse: str,
         return Gap(task, better, worse, None, None, False)
     sign = 1.0 if HIGHER_IS_BETTER[task] else -1.0
     diff = sign * (a.mean - b.mean)
+    if not tasks_module().get_task(task).trains:  # QbE: DTW on fixed features, the same number for every seed
+        return Gap(task, better, worse, diff, 0.0, diff > 0)
     spreads = [s for s in (a.std, b.std) if s is not None]
     noise = max(spreads) if len(spreads) == 2 else None
     return Gap(task, better, worse, diff, noise, noise is not None and diff > margin * noise)
@@ -127,12 +129,15 @@ def to_markdown(rows: Dict[str, Dict[str, Cell]], pairs: Sequence[Tuple[str, str
                 margin: float = DEFAULT_MARGIN) -> str:
     tasks = tasks_of(rows)
     arrows = {t: "↑" if HIGHER_IS_BETTER[t] else "↓" for t in tasks}
-    lines = ["| upstream | " + " | ".join(f"{t.upper()} {arrows[t]}" for t in tasks) + " |",
+    lines = ["| upstream | " + " | ".join(f"{TASK_NAMES[t]} {arrows[t]}" for t in tasks) + " |",
              "|---|" + "---|" * len(tasks)]
     for name, cells in rows.items():
         lines.append(f"| {name} | " + " | ".join(_cell_text(cells.get(t)) for t in tasks) + " |")
-    lines += ["", f"Gaps (positive: the first row is ahead; separates: gap > {margin:g} x the larger seed std):", "",
-              "| gap | " + " | ".join(t.upper() for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
+    untrained = [TASK_NAMES[t] for t in tasks if not tasks_module().get_task(t).trains]
+    note = (f"; {', '.join(untrained)} trains nothing, so its number has no seed noise and any gap separates"
+            if untrained else "")
+    lines += ["", f"Gaps (positive: the first row is ahead; separates: gap > {margin:g} x the larger seed std{note}):", "",
+              "| gap | " + " | ".join(TASK_NAMES[t] for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
     for better, worse in pairs:
         cells = []
         for t in tasks:

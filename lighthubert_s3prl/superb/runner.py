@@ -340,8 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="run_superb.sh",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train and test SUPERB tasks for one upstream through s3prl (via lighthubert-s3prl's\n"
-                    "launcher): ER over 5 folds, an ASV checkpoint sweep, test on the dev-best checkpoint\n"
-                    "elsewhere (ASR on test-clean). Re-running skips finished work and resumes interrupted\n"
+                    "launcher): ER over 5 folds, an ASV checkpoint sweep, QbE's DTW on every layer (the best\n"
+                    "dev layer scored on test), SD's DER over SUPERB's threshold/median grid, test on the\n"
+                    "dev-best checkpoint elsewhere (ASR on test-clean). Re-running skips finished work and resumes interrupted\n"
                     "training. Per-unit logs go to EXP_ROOT/logs/, a summary to EXP_ROOT/summary.txt.",
         epilog="examples:\n"
                "  scripts/run_superb.sh -u lighthubert_small -k lighthubert_small.pt --tasks all --data /data/superb\n"

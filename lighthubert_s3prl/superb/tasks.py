@@ -320,6 +320,17 @@ def _missing(task: str, data_root: Path, expected: str) -> TaskConfigError:
         f"synthetic one with `lighthubert-s3prl make-corpus {data_root} --preset ci --tasks {task}`")
 
 
+def _locate(out: Dict[str, Any], key: str, task: str, root: Path, candidates: Sequence[Path],
+            test: Callable[[Path], bool], expected: str) -> None:
+    """Set ``out[key]`` to the first candidate folder passing ``test``, unless the caller gave it."""
+    if key in out:
+        return
+    found = _first_dir(candidates, test)
+    if found is None:
+        raise _missing(task, root, expected)
+    out[key] = str(found)
+
+
 def _resolve_real(spec: TaskSpec, root: Path, given: Dict[str, Any], assets: Path,
                   config: dict) -> Dict[str, Any]:
     """Data keys for a real data set under ``root`` (values in ``given`` win and are not searched)."""
@@ -339,17 +350,11 @@ def _resolve_real(spec: TaskSpec, root: Path, given: Dict[str, Any], assets: Pat
                                            "speech_commands_test_root=PATH if it lives elsewhere")
             out["speech_commands_test_root"] = str(found)
     elif name == "ic":
-        found = _first_dir([root, root / "fluent_speech_commands_dataset"],
-                           lambda d: (d / "data" / "train_data.csv").is_file())
-        if "file_path" not in out and found is None:
-            raise _missing(name, root, "Fluent Speech Commands (data/train_data.csv and wavs/)")
-        out.setdefault("file_path", str(found))
+        _locate(out, "file_path", name, root, [root, root / "fluent_speech_commands_dataset"],
+                lambda d: (d / "data" / "train_data.csv").is_file(), "Fluent Speech Commands (data/train_data.csv and wavs/)")
     elif name == "er":
-        found = _first_dir([root, root / "IEMOCAP_full_release", root / "IEMOCAP"],
-                           lambda d: (d / "Session1").is_dir())
-        if "root" not in out and found is None:
-            raise _missing(name, root, "IEMOCAP (IEMOCAP_full_release with Session1..5)")
-        out.setdefault("root", str(found))
+        _locate(out, "root", name, root, [root, root / "IEMOCAP_full_release", root / "IEMOCAP"],
+                lambda d: (d / "Session1").is_dir(), "IEMOCAP (IEMOCAP_full_release with Session1..5)")
         if "meta_data" not in out:
             shipped = Path(out["root"]) / "meta_data"
             if (shipped / "Session1" / "train_meta_data.json").is_file():
@@ -389,10 +394,8 @@ def _resolve_real(spec: TaskSpec, root: Path, given: Dict[str, Any], assets: Pat
                 path.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
                 out["train_meta_data"] = str(path)
     elif name == "sf":
-        found = _first_dir([root, root / "SNIPS"], lambda d: (d / "all.iob.snips.txt").is_file())
-        if "path" not in out and found is None:
-            raise _missing(name, root, "SUPERB's Audio SNIPS (all.iob.snips.txt, slots.txt, train/ valid/ test/)")
-        out.setdefault("path", str(found))
+        _locate(out, "path", name, root, [root, root / "SNIPS"], lambda d: (d / "all.iob.snips.txt").is_file(),
+                "SUPERB's Audio SNIPS (all.iob.snips.txt, slots.txt, train/ valid/ test/)")
     elif name == "sd":
         found = _first_dir([root, root / "data", root / "diarization" / "data"],
                            lambda d: all((d / s / "segments").is_file() for s in ("train", "dev", "test")))
@@ -403,11 +406,9 @@ def _resolve_real(spec: TaskSpec, root: Path, given: Dict[str, Any], assets: Pat
             out.setdefault(f"{split}_dir", str(found / split) if found else None)
             _check_wav_scp(Path(out[f"{split}_dir"]))
     elif name == "qbe":
-        found = _first_dir([root, root / "quesst14Database"],
-                           lambda d: (d / "scoring" / "language_key_utterances.lst").is_file())
-        if "dataset_root" not in out and found is None:
-            raise _missing(name, root, "the QUESST 2014 database (Audio/, dev_queries/, eval_queries/, scoring/)")
-        out.setdefault("dataset_root", str(found))
+        _locate(out, "dataset_root", name, root, [root, root / "quesst14Database"],
+                lambda d: (d / "scoring" / "language_key_utterances.lst").is_file(),
+                "the QUESST 2014 database (Audio/, dev_queries/, eval_queries/, scoring/)")
     elif name in ("asr", "pr"):
         key = "libri_root" if name == "asr" else "path"
         found = _first_dir([root, root / "LibriSpeech"], lambda d: (d / "train-clean-100").is_dir())

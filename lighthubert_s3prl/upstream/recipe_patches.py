@@ -47,6 +47,8 @@ import torch
 
 from lighthubert_s3prl.io_utils import cache_root
 
+from .bucketed_dataset import BucketedDataset
+
 LOG = logging.getLogger(__name__)
 
 _STATE: Dict[str, object] = {"applied": False, "cache_dir": None, "sox": None, "patched": set()}
@@ -331,7 +333,7 @@ def _patch_sid_cache(dataset_module: types.ModuleType) -> None:
 # PR: the LibriSpeech phoneme dataset missing from the PyPI package
 
 
-class LibriPhoneDataset(torch.utils.data.Dataset):
+class LibriPhoneDataset(BucketedDataset):
     """LibriSpeech utterances as phoneme-id sequences, for s3prl's ``ctc`` recipe (corpus ``libriphone``).
 
     Same interface as the recipe expects: ``(split_names, tokenizer, bucket_size, path, lexicon)``;
@@ -341,7 +343,6 @@ class LibriPhoneDataset(torch.utils.data.Dataset):
 
     def __init__(self, split: Sequence[str], tokenizer, bucket_size: int, path: str, lexicon: Sequence[str],
                  ascending: bool = False, **kwargs) -> None:
-        self.bucket_size = bucket_size
         pronunciations: Dict[str, List[str]] = {}
         for lexicon_file in lexicon:
             with open(lexicon_file, encoding="utf-8") as f:
@@ -375,19 +376,7 @@ class LibriPhoneDataset(torch.utils.data.Dataset):
                 raise KeyError(f"{f.stem}: {missing} are in no lexicon file ({', '.join(map(str, lexicon))})")
             phones = [p for w in words_of[f.stem] for p in pronunciations[w]]
             tokens.append(tokenizer.encode(" ".join(phones)))
-        order = sorted(range(len(files)), key=lambda i: len(tokens[i]), reverse=not ascending)
-        self.file_list = [files[i] for i in order]
-        self.text = [tokens[i] for i in order]
-
-    def __getitem__(self, index: int):
-        if self.bucket_size > 1:
-            start = max(0, min(len(self.file_list) - self.bucket_size, index))
-            end = start + self.bucket_size
-            return list(zip(self.file_list[start:end], self.text[start:end]))
-        return self.file_list[index], self.text[index]
-
-    def __len__(self) -> int:
-        return len(self.file_list)
+        super().__init__(files, tokens, bucket_size, ascending)
 
 
 def _provide_ctc_corpus() -> None:

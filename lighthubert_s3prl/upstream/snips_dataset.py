@@ -15,14 +15,14 @@ config: SUPERB trains on 8 Polly voices and holds 4 out for dev and 4 for test).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Sequence
 
-import torch
+from .bucketed_dataset import BucketedDataset
 
 TRANSCRIPTS = "all.iob.snips.txt"
 
 
-class SnipsDataset(torch.utils.data.Dataset):
+class SnipsDataset(BucketedDataset):
     """SNIPS utterances as (wav path, token ids), longest transcript first; buckets of ``bucket_size``.
 
     Same constructor the recipe calls: ``(split_names, tokenizer, bucket_size, path, **corpus_config)``.
@@ -36,7 +36,6 @@ class SnipsDataset(torch.utils.data.Dataset):
         if not speakers:
             raise ValueError(f"SNIPS split {split}: the config names no talkers ({key} under "
                              "downstream_expert.corpus); list the talkers whose files make up this split")
-        self.bucket_size = bucket_size
         transcripts = read_transcripts(Path(path) / TRANSCRIPTS)
         files: List[Path] = []
         for name in split:
@@ -50,20 +49,7 @@ class SnipsDataset(torch.utils.data.Dataset):
         if unlabelled:
             raise KeyError(f"{len(unlabelled)} SNIPS files have no line in {Path(path) / TRANSCRIPTS}, e.g. "
                            f"{unlabelled[:3]}")
-        tokens = [tokenizer.encode(transcripts[f.stem]) for f in files]
-        order = sorted(range(len(files)), key=lambda i: len(tokens[i]), reverse=not ascending)
-        self.file_list = [files[i] for i in order]
-        self.text = [tokens[i] for i in order]
-
-    def __getitem__(self, index: int) -> Union[Tuple[Path, List[int]], List[Tuple[Path, List[int]]]]:
-        if self.bucket_size > 1:
-            start = max(0, min(len(self.file_list) - self.bucket_size, index))
-            end = start + self.bucket_size
-            return list(zip(self.file_list[start:end], self.text[start:end]))
-        return self.file_list[index], self.text[index]
-
-    def __len__(self) -> int:
-        return len(self.file_list)
+        super().__init__(files, [tokenizer.encode(transcripts[f.stem]) for f in files], bucket_size, ascending)
 
 
 def read_transcripts(path: Path) -> Dict[str, str]:
