@@ -354,7 +354,7 @@ def test_plot_spec_of_a_complete_table_with_repeated_names():
     table = Table(rows, ALL_TASKS, {"dup": Score(10.0, ALL_TASKS), "dup (2)": Score(20.0, ALL_TASKS)}, GENERATED)
     assert collect.plot_spec(table) == PlotSpec(
         (PlotPoint("dup", 1.0, 10.0, False, "published", (6, 6)), PlotPoint("dup", 2.0, 20.0, False, None, (6, -12))),
-        "SUPERB score over PR,KS,IC,SID,ER,ASR,ASV,SD,QBE,SF vs parameters", "parameters (M, log scale)",
+        "SUPERB score over PR,KS,IC,SID,ER,ASR,ASV,SD,QbE,SF vs parameters", "parameters (M, log scale)",
         "SUPERB score", "log", None)
 
 
