@@ -585,6 +585,17 @@ def test_plain_log_of_an_evaluate_run_is_reported_with_its_source(tmp_path):
                                                                str(ks / "log.log"))
 
 
+@pytest.mark.parametrize("task", ["sd", "qbe", "sf"])
+def test_a_plain_log_is_not_a_result_for_tasks_the_runner_scores(task, tmp_path):
+    """SD's number is the DER over SUPERB's RTTM grid, QbE's the best dev layer's MTWV, SF's an F1 with a CER:
+    a bare s3prl log line holds none of them, so such an expdir is shown by status, not as a number."""
+    run = tmp_path / f"{task}_run"
+    _s3prl_files(run, "ks", total=20, steps=(10,))
+    (run / "log.log").write_text("test at step 0: 0.75\n")
+    assert collect.unit_result("ks", run).status == "done"  # the same files count for a recipe-scored task
+    assert collect.unit_result(task, run).status != "done"
+
+
 def test_plain_log_of_a_finished_training_is_reported_with_its_source(tmp_path):
     ic = tmp_path / "ic_run"
     _s3prl_files(ic, "ic", total=8, save=4, steps=(4, 8))

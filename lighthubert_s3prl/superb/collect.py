@@ -38,7 +38,7 @@ from . import grid, grid_figure, reference
 from .options import RunnerError
 from .reference import OUR_TASKS, TASK_LABELS, ReferenceModel, Score, superb_score
 from .units import (DONE_FILE, FAILED_FILE, MANIFEST_NAME, RESULT_FILE, SWEEP_FILE, TRAIN_DONE_FILE, lock_owner,
-                    now_iso, read_json, states_checkpoints, to_percent)
+                    now_iso, read_json, states_checkpoints, tasks_module, to_percent)
 
 LOG = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ ER_FOLDS = tuple(f"fold{i}" for i in range(1, 6))
 DOWNSTREAM_TO_TASK = {"asr": "asr", "sv_voxceleb1": "asv", "speech_commands": "ks", "fluent_commands": "ic",
                       "emotion": "er", "ctc": "pr", "voxceleb1": "sid", "diarization": "sd", "quesst14_dtw": "qbe"}
 CTC_CORPUS_TO_TASK = {"snips": "sf"}  # s3prl's ctc recipe serves PR (libriphone) and SF (snips)
-RUNNER_ONLY = ("sd", "qbe", "sf")  # scored by the runner (DER grid, best layer, F1 with CER): no s3prl-only path
 RESULT_LINE = {"asr": "test-clean wer:", "asv": "sv-voxceleb1/test-EER:"}  # printed by s3prl, for s3prl's own logs
 OUTPUT_STEM = "superb_results"
 
@@ -139,8 +138,9 @@ def _training_complete(expdir: Path) -> Optional[bool]:
 
 def _from_s3prl_files(task: str, expdir: Path, fold: Optional[str]) -> Optional[TaskResult]:
     """A test result written by s3prl itself (no runner files), or None."""
-    if task in RUNNER_ONLY:
-        return None
+    spec = tasks_module().get_task(task)
+    if spec.scored_by != "recipe" or spec.extra_results:
+        return None  # the runner makes the number (DER grid, best layer) or keeps a second one (SF's CER)
     if task == "asv":
         eers = []
         for log in expdir.glob("states-*/log.txt"):  # s3prl's test_expdir.sh layout

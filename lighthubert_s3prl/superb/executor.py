@@ -117,8 +117,7 @@ class UnitExecutor:
         seconds = time.monotonic() - started
         if rc != 0:
             return False, f"s3prl exited with code {rc}; last lines:\n{_tail(text)}", None, seconds
-        found = _PARAMS_RE.findall(text) or _PARAMS_RE.findall(log.read_text(errors="replace"))
-        params = int(found[-1].replace(",", "")) if found else None
+        params = _params_in(text) or _params_in(log.read_text(errors="replace"))
         write_json(unit.expdir / TRAIN_DONE_FILE, {"time": now_iso(), "seconds": round(seconds, 1),
                                                    "params": params, "log": str(log),
                                                    "resumed_from": previous[-1][1].name if previous else None})
@@ -218,8 +217,7 @@ class UnitExecutor:
             rc, text = self.execute(self.commands.layer_command(unit, split, layer, outdir), log)
             if rc != 0:
                 return None, f"layer {layer} on {split}: s3prl exited with code {rc}; last lines:\n{_tail(text)}", outdir
-            found = _PARAMS_RE.findall(text)
-            params = int(found[-1].replace(",", "")) if found else params
+            params = _params_in(text) or params
             try:
                 return score_stdlist(outdir / spec.prediction_file, dataset_root, scoring_split), "", outdir
             except (QbEError, OSError) as err:
@@ -293,6 +291,12 @@ class UnitExecutor:
         return {"value": scores[best], "split": split, "ckpt": f"states-{best}.ckpt", "prediction_file": target.name,
                 "prediction_sha256": digest, "test_log": str(log), "sweep": {str(s): scores[s] for s in sorted(scores)}
                 }, "", log
+
+
+def _params_in(text: str) -> Optional[int]:
+    """The parameter count our upstream printed last in an s3prl process's output, or None."""
+    found = _PARAMS_RE.findall(text)
+    return int(found[-1].replace(",", "")) if found else None
 
 
 def _tail(text: str, lines: int = 15) -> str:

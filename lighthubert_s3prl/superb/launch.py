@@ -77,8 +77,9 @@ class Launcher:
         """Prints how many hidden states the run's upstream gives (QbE scores each one)."""
         return [self.opts.python, "-m", PROBE_MODULE, *self._upstream_args()]
 
-    def layer_command(self, unit: Unit, split: str, layer: int, outdir: Path) -> List[str]:
-        """Evaluate one hidden state (``-l``) without a trained downstream: QbE's DTW."""
+    def layer_command(self, unit: Unit, split: str, layer: Union[int, str], outdir: Path) -> List[str]:
+        """Evaluate one hidden state (``-l``) without a trained downstream: QbE's DTW (the dry run passes a
+        placeholder for the layer)."""
         spec = tasks_module().get_task(unit.task)
         return self._launcher(distributed=False) + [
             "-m", "evaluate", *self._upstream_args(), "-d", spec.downstream, "-c", str(self.configs / f"{unit.task}.yaml"),

@@ -87,10 +87,14 @@ class TaskSpec:
     notes: str = ""
     # further printed scores kept with the result, (name, printed line with {split}): SF's slot-value CER
     extra_results: Tuple[Tuple[str, str], ...] = ()
-    trains: bool = True  # QbE has no downstream to train: DTW on one layer's features
     # who turns the test run into the number: "recipe" (the printed line), "diarization" (RTTM + DER over
     # SUPERB's threshold/median grid, :mod:`.diarization`), "qbe" (MTWV of the layer best on dev, :mod:`.qbe`)
     scored_by: str = "recipe"
+
+    @property
+    def trains(self) -> bool:
+        """QbE has no downstream to train: DTW on one layer's features."""
+        return self.scored_by != "qbe"
 
     @property
     def config_dir(self) -> Path:
@@ -104,23 +108,19 @@ class TaskSpec:
         """The file whose keys replace the full config's at ``scale`` (None for ``full``)."""
         return None if scale == "full" else self.config_dir / f"{scale}.yaml"
 
-    def result_regex(self, split: Optional[str] = None) -> "re.Pattern[str]":
-        line = re.escape(self.result_template.format(split=split or self.evaluate_splits[0]))
+    def result_regex(self, split: Optional[str] = None, template: Optional[str] = None) -> "re.Pattern[str]":
+        """The printed line ``template`` (default: the score's) for ``split``, its number captured."""
+        line = re.escape((template or self.result_template).format(split=split or self.evaluate_splits[0]))
         return re.compile(rf"^{line}\s*([-+0-9.eE]+|nan|inf)\s*$", re.MULTILINE)
 
-    def parse_result(self, text: str, split: Optional[str] = None) -> Optional[float]:
+    def parse_result(self, text: str, split: Optional[str] = None, template: Optional[str] = None) -> Optional[float]:
         """The last score the recipe printed for ``split`` in ``text`` (a log or captured stdout)."""
-        found = self.result_regex(split).findall(text)
+        found = self.result_regex(split, template).findall(text)
         return float(found[-1]) if found else None
 
     def parse_extra_results(self, text: str, split: Optional[str] = None) -> Dict[str, Optional[float]]:
         """The further scores of :attr:`extra_results` printed for ``split`` (None where absent)."""
-        out: Dict[str, Optional[float]] = {}
-        for name, template in self.extra_results:
-            line = re.escape(template.format(split=split or self.evaluate_splits[0]))
-            found = re.findall(rf"^{line}\s*([-+0-9.eE]+|nan|inf)\s*$", text, re.MULTILINE)
-            out[name] = float(found[-1]) if found else None
-        return out
+        return {name: self.parse_result(text, split, template) for name, template in self.extra_results}
 
     def prediction_path(self, expdir: Union[str, Path], fold: Optional[str] = None) -> Path:
         if "{fold}" in self.prediction_file and fold is None:
@@ -183,7 +183,7 @@ TASKS: Dict[str, TaskSpec] = {
         data_section="downstream_expert.datarc", data_keys=("dataset_root",), assets={}, metric="mtwv",
         higher_is_better=True, result_template="{split} mtwv:", best_ckpt=None,
         prediction_file="benchmark.stdlist.xml", submission_file="qbe_public/benchmark.stdlist.xml",
-        batch_key="downstream_expert.datarc.batch_size", trains=False, scored_by="qbe",
+        batch_key="downstream_expert.datarc.batch_size", scored_by="qbe",
         notes="no training: DTW on every layer on dev, the best dev layer scored on test"),
     "sf": TaskSpec(
         name="sf", title="SF (Audio SNIPS, slot-type F1 % / slot-value CER %)", downstream="ctc",

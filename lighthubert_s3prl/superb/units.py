@@ -213,7 +213,7 @@ class UnitCommands(Protocol):
 
     def probe_command(self) -> List[str]: ...
 
-    def layer_command(self, unit: Unit, split: str, layer: int, outdir: Path) -> List[str]: ...
+    def layer_command(self, unit: Unit, split: str, layer: Union[int, str], outdir: Path) -> List[str]: ...
 
 
 def print_plan(units: Sequence[Unit], commands: UnitCommands, logs: Path,
@@ -235,8 +235,8 @@ def print_plan(units: Sequence[Unit], commands: UnitCommands, logs: Path,
         if not spec.trains:  # QbE: every layer on dev, then the best one on test
             print(shlex.join(commands.probe_command()) + "   # how many hidden states: L")
             print("#   for LAYER in 0 .. L-1 (MTWV of each on dev; the best one then runs with -t test):")
-            print(shlex.join(commands.layer_command(unit, spec.dev_split or "dev", -1,
-                                                    unit.expdir / "layers" / "dev-LAYER")).replace("-l -1", "-l LAYER")
+            print(shlex.join(commands.layer_command(unit, spec.dev_split or "dev", "LAYER",
+                                                    unit.expdir / "layers" / "dev-LAYER"))
                   + f"  >> {logs / (unit.name + '.layers.log')} 2>&1")
             outcomes.append(Outcome(unit.name, unit.task, unit.fold, "planned", str(unit.expdir)))
             continue

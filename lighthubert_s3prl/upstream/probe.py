@@ -21,13 +21,9 @@ def probe(upstream: str, ckpt: Optional[str] = None, model_config: Optional[str]
     """``{"hidden_states", "dim", "downsample_rate"}`` of ``upstream`` on one second of noise."""
     import torch
 
-    from . import lazy_hub
-    from .registration import register
-    from .run_downstream import prepare_runtime
+    from .run_downstream import prepare_hub
 
-    lazy_hub.install_unless_disabled()
-    prepare_runtime()
-    register()
+    prepare_hub()
     import s3prl.hub as hub
 
     if not hasattr(hub, upstream):

@@ -34,6 +34,16 @@ def prepare_runtime() -> None:
     recipe_patches.apply()
 
 
+def prepare_hub() -> None:
+    """s3prl's hub as our launcher sees it: only the asked-for upstream imported, our entries registered,
+    the runtime fixes applied. Call before ``s3prl.hub`` is imported."""
+    from . import lazy_hub
+
+    lazy_hub.install_unless_disabled()
+    prepare_runtime()
+    register()
+
+
 def _normalise_distributed_args(argv: List[str]) -> List[str]:
     """s3prl only knows ``--local_rank N``: map torch.distributed.launch's ``--local-rank=N`` and torchrun's env."""
     out: List[str] = []
@@ -51,11 +61,7 @@ def _normalise_distributed_args(argv: List[str]) -> List[str]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from . import lazy_hub
-
-    lazy_hub.install_unless_disabled()  # before s3prl imports its hub: import only the upstream asked for
-    prepare_runtime()
-    register()
+    prepare_hub()
     from s3prl import run_downstream
 
     saved = sys.argv
