@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from lighthubert_s3prl.cpu_budget import choose_threads
 
@@ -101,14 +101,46 @@ def pick_rows(spec: Optional[str], rows: Sequence) -> list:
     return chosen
 
 
-def shortened(tasks: Sequence[str], steps: Optional[int]) -> Dict[str, Dict[str, object]]:
-    """Per-task config overrides for ``--steps N``: N updates, one evaluation and one checkpoint at the end."""
+def parse_steps(spec: Union[None, int, str, Mapping[str, int]], tasks: Sequence[str]) -> Dict[str, Optional[int]]:
+    """Training steps per task from ``--steps``: ``N`` for every task, or ``ks=1000,ic=500`` (tasks not named
+    keep their scale's steps); None keeps every scale's."""
     from lighthubert_s3prl.superb.options import RunnerError
 
-    if steps is not None and steps < 1:
-        raise RunnerError("--steps must be at least 1")
-    return {t: ({} if steps is None else {"runner.total_steps": steps, "runner.eval_step": steps,
-                                          "runner.save_step": steps, "runner.log_step": steps}) for t in tasks}
+    if spec is None:
+        return {t: None for t in tasks}
+    if isinstance(spec, int):
+        per_task: Dict[str, int] = {t: spec for t in tasks}
+    elif isinstance(spec, Mapping):
+        per_task = dict(spec)
+    elif "=" not in spec:
+        try:
+            per_task = {t: int(spec) for t in tasks}
+        except ValueError:
+            raise RunnerError(f"--steps {spec!r}: give a number, or TASK=N pairs such as ks=1000,ic=500") from None
+    else:
+        per_task = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            task, sep, value = item.partition("=")
+            try:
+                per_task[task.strip()] = int(value)
+            except ValueError:
+                raise RunnerError(f"--steps {item!r}: expected TASK=N with N a whole number, e.g. ks=1000") from None
+    unknown = sorted(set(per_task) - set(tasks))
+    if unknown:
+        raise RunnerError(f"--steps names {', '.join(unknown)}, which this run does not include "
+                          f"(tasks: {', '.join(tasks)}); add them to --tasks or drop them from --steps")
+    small = {t: n for t, n in per_task.items() if n < 1}
+    if small:
+        raise RunnerError(f"--steps must be at least 1, got {small}")
+    return {t: per_task.get(t) for t in tasks}
+
+
+def shortened(tasks: Sequence[str], steps: Union[None, int, str, Mapping[str, int]]) -> Dict[str, Dict[str, object]]:
+    """Per-task config overrides for ``--steps``: N updates, one evaluation and one checkpoint at the end (a
+    schedule in the scale's config, such as KS's decaying rate, then runs over those N)."""
+    per_task = parse_steps(steps, tasks)
+    return {t: ({} if n is None else {"runner.total_steps": n, "runner.eval_step": n, "runner.save_step": n,
+                                      "runner.log_step": n}) for t, n in per_task.items()}
 
 
 def run_rows(jobs: Sequence[Tuple[Row, str]], make_runner, workers: int) -> Dict[Tuple[str, str], list]:
@@ -172,7 +204,7 @@ def ranking_line(table) -> str:
 
 
 def run_quickstart(workdir: Path, tasks: str = DEFAULT_TASKS, preset: str = "mini", seed: int = 0,
-                   steps: Optional[int] = None, threads: Optional[int] = None, er_folds: Optional[str] = "1",
+                   steps: Union[None, int, str, Mapping[str, int]] = None, threads: Optional[int] = None, er_folds: Optional[str] = "1",
                    corpus: Optional[Path] = None, jobs: int = 2, rows: Optional[str] = None,
                    distil_steps: Optional[int] = None, scale: str = "mini") -> Dict[str, object]:
     """Run every step; returns the paths and outcomes (raises RunnerError/CorpusError on bad input)."""
@@ -187,6 +219,7 @@ def run_quickstart(workdir: Path, tasks: str = DEFAULT_TASKS, preset: str = "min
     workdir.mkdir(parents=True, exist_ok=True)
     task_list = parse_task_list(tasks)
     chosen = pick_rows(rows, ROWS)
+    sets = shortened(task_list, steps)  # before any work: a bad --steps fails at once
 
     corpus_dir = (corpus or workdir / "corpus").expanduser().resolve()
     needs_audio = any(r.key == "distilled" for r in chosen)
@@ -206,7 +239,6 @@ def run_quickstart(workdir: Path, tasks: str = DEFAULT_TASKS, preset: str = "min
         raise RunnerError(f"--threads must be at least 1, got {threads}")
     threads = choose_threads(jobs, threads)
     LOG.info("threads: %s", threads.reason)
-    sets = shortened(task_list, steps)
     folds = parse_folds(er_folds) if "er" in task_list else []
 
     def make_runner(row: Row, task: str) -> SuperbRunner:
@@ -260,7 +292,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="task scale (default mini; ci is a smoke test that ranks nothing)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the corpus, the checkpoints and (plus one) the downstream runs (default 0)")
-    parser.add_argument("--steps", type=int, help="training steps per task (default: the scale's)")
+    parser.add_argument("--steps", help="training steps: N for every task, or TASK=N pairs such as ks=1000,ic=500 "
+                                        "(default: the scale's)")
     parser.add_argument("--distil-steps", type=int, help="distillation steps (default: configs/train/stage1_mini.yaml)")
     parser.add_argument("--jobs", type=int, default=2, help="s3prl processes at a time (default 2)")
     parser.add_argument("--threads", type=int,
