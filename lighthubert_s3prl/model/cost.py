@@ -5,7 +5,8 @@ it (which a test checks against ``torch.utils.flop_counter``): the CNN, the proj
 conv, the attention projections, the attention scores and context (the only terms quadratic in the
 sequence length) and the FFN. Norms, activations and softmax are not counted (they are well under 1% and
 not multiply-accumulates). The sequence is the utterance's own frame count padded to
-``required_seq_len_multiple`` (2), as the model runs it. Parameter counts live beside the configs
+``required_seq_len_multiple`` (2), as :meth:`forward` runs it (the compact model's per-utterance CPU path
+skips that one padded frame of an odd-length utterance: under 1 % of its encoder's work at 1 s). Parameter counts live beside the configs
 (:func:`~lighthubert_s3prl.model.config.count_parameters`), which the budget search needs.
 """
 from __future__ import annotations

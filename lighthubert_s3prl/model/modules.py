@@ -146,7 +146,10 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dim, atten_dim)
         self.out_proj = nn.Linear(atten_dim, embed_dim)
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor], E: int, A: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor], E: int, A: int,
+                segments: Optional[Sequence[Tuple[int, int]]] = None) -> torch.Tensor:
+        """``segments``: ``x`` (batch 1) holds several utterances' frames one after another, ``[a, b)`` each; every
+        frame attends to its own utterance only, so the projections run as one large product for all of them."""
         B, T, _ = x.shape
         h = A // HEAD_DIM
 
@@ -155,8 +158,12 @@ class SelfAttention(nn.Module):
             return y.view(B, T, h, HEAD_DIM).transpose(1, 2)
 
         # dropout inside attention is never applied by the original model, in training either
-        out = F.scaled_dot_product_attention(project(self.q_proj), project(self.k_proj), project(self.v_proj),
-                                             attn_mask=attn_mask)
+        q, k, v = project(self.q_proj), project(self.k_proj), project(self.v_proj)
+        if segments is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        else:
+            out = torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b])
+                             for a, b in segments], dim=2)
         out = out.transpose(1, 2).reshape(B, T, A)
         return F.linear(out, _lead(self.out_proj.weight, E, A), _lead(self.out_proj.bias, E))
 
@@ -212,8 +219,10 @@ class EncoderLayer(nn.Module):
         hidden = F.dropout(hidden, self.activation_dropout, self.training)
         return F.linear(hidden, _lead(w2, E, w2.size(1)), _lead(self.fc2.bias, E))
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor], dims: LayerDims) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Returns the layer output and the FFN output before its residual add (data2vec-style target)."""
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor], dims: LayerDims,
+                segments: Optional[Sequence[Tuple[int, int]]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Returns the layer output and the FFN output before its residual add (data2vec-style target);
+        ``segments`` as in :meth:`SelfAttention.forward` (every other step works frame by frame)."""
         E, A, Fd = dims
         ln1 = lambda t: F.layer_norm(t, (E,), _lead(self.self_attn_layer_norm.weight, E),  # noqa: E731
                                      _lead(self.self_attn_layer_norm.bias, E), LN_EPS)
@@ -221,9 +230,9 @@ class EncoderLayer(nn.Module):
                                      _lead(self.final_layer_norm.bias, E), LN_EPS)
         drop = lambda t: F.dropout(t, self.dropout, self.training)  # noqa: E731
         if self.layer_norm_first:
-            x = x + drop(self.self_attn(ln1(x), attn_mask, E, A))
+            x = x + drop(self.self_attn(ln1(x), attn_mask, E, A, segments))
             ffn_out = self._ffn(ln2(x), E, Fd)
             return x + drop(ffn_out), ffn_out
-        x = ln1(x + drop(self.self_attn(x, attn_mask, E, A)))
+        x = ln1(x + drop(self.self_attn(x, attn_mask, E, A, segments)))
         ffn_out = self._ffn(x, E, Fd)
         return ln2(x + drop(ffn_out)), ffn_out
