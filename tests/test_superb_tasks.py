@@ -135,7 +135,8 @@ def _leaves(node, prefix=""):
 # what the mini scale may change: steps, evaluation and saving points, batch, learning rate (its value and its
 # schedule over the steps), training crops, in-process loading
 MINI_MAY_CHANGE = re.compile(r"^(runner\.(total_steps|log_step|eval_step|save_step|max_keep|"
-                             r"gradient_accumulate_steps)|optimizer\.lr|scheduler\.\w+|downstream_expert\.(datarc|corpus|loaderrc)\."
+                             r"gradient_accumulate_steps)|optimizer\.lr|scheduler\.\w+|"
+                             r"downstream_expert\.(datarc|corpus|loaderrc)\."
                              r"(num_workers|batch_size|train_batch_size|train_batchsize|eval_batch_size|max_timestep)|"
                              r"downstream_expert\.max_workers)$")  # max_workers: QbE's DTW processes
 

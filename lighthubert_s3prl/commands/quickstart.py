@@ -120,7 +120,7 @@ def parse_steps(spec: Union[None, int, str, Mapping[str, int]], tasks: Sequence[
     else:
         per_task = {}
         for item in filter(None, (part.strip() for part in spec.split(","))):
-            task, sep, value = item.partition("=")
+            task, _, value = item.partition("=")
             try:
                 per_task[task.strip()] = int(value)
             except ValueError:
@@ -204,7 +204,8 @@ def ranking_line(table) -> str:
 
 
 def run_quickstart(workdir: Path, tasks: str = DEFAULT_TASKS, preset: str = "mini", seed: int = 0,
-                   steps: Union[None, int, str, Mapping[str, int]] = None, threads: Optional[int] = None, er_folds: Optional[str] = "1",
+                   steps: Union[None, int, str, Mapping[str, int]] = None, threads: Optional[int] = None,
+                   er_folds: Optional[str] = "1",
                    corpus: Optional[Path] = None, jobs: int = 2, rows: Optional[str] = None,
                    distil_steps: Optional[int] = None, scale: str = "mini") -> Dict[str, object]:
     """Run every step; returns the paths and outcomes (raises RunnerError/CorpusError on bad input)."""

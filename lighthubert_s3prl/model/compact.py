@@ -155,7 +155,6 @@ class CompactLightHuBERT(LightHuBERTBackbone):
             mask = torch.arange(T, device=self.device)[None, :] >= torch.tensor(frames, device=self.device)[:, None]
         return ModelOutput(hidden, mask)
 
-
     def _packed_encoder(self, wavs: Sequence[torch.Tensor], present: Sequence[Tuple[int, int]],
                         hidden: List[torch.Tensor]) -> None:
         """Fill ``hidden`` for the utterances ``present`` ((index, frames) pairs), in inference.
@@ -174,10 +173,7 @@ class CompactLightHuBERT(LightHuBERTBackbone):
             feats = self.layer_norm(self.feature_extractor(wav).transpose(1, 2))
             x = F.linear(feats, self.post_extract_proj.weight[:E], self.post_extract_proj.bias[:E])
             hidden[0][i, :n] = x[0]
-            x = x + self.encoder.pos_conv[0](x, E)
-            if not self.cfg.layer_norm_first:
-                x = F.layer_norm(x, (E,), self.encoder.layer_norm.weight[:E], self.encoder.layer_norm.bias[:E], 1e-5)
-            pieces.append(x[0])
+            pieces.append(self._positional(x, E)[0])
             segments.append((start, start + n))
             start += n
         x = torch.cat(pieces)[None]

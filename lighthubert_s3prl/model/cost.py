@@ -6,8 +6,9 @@ conv, the attention projections, the attention scores and context (the only term
 sequence length) and the FFN. Norms, activations and softmax are not counted (they are well under 1% and
 not multiply-accumulates). The sequence is the utterance's own frame count padded to
 ``required_seq_len_multiple`` (2), as :meth:`forward` runs it (the compact model's per-utterance CPU path
-skips that one padded frame of an odd-length utterance: under 1 % of its encoder's work at 1 s). Parameter counts live beside the configs
-(:func:`~lighthubert_s3prl.model.config.count_parameters`), which the budget search needs.
+skips that one padded frame of an odd-length utterance: under 1 % of its encoder's work at 1 s). Parameter
+counts live beside the configs (:func:`~lighthubert_s3prl.model.config.count_parameters`), which the budget
+search needs.
 """
 from __future__ import annotations
 

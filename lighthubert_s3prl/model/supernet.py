@@ -133,9 +133,7 @@ class LightHuBERTBackbone(nn.Module):
             x = x.masked_fill(frame_mask[..., None], 0.0)
         hidden_states = [x]
 
-        x = x + self.encoder.pos_conv[0](x, E)
-        if not self.cfg.layer_norm_first:
-            x = F.layer_norm(x, (E,), self.encoder.layer_norm.weight[:E], self.encoder.layer_norm.bias[:E], 1e-5)
+        x = self._positional(x, E)
         T = x.size(1)
         pad = (-T) % self.cfg.required_seq_len_multiple
         key_padding = frame_mask
@@ -160,6 +158,13 @@ class LightHuBERTBackbone(nn.Module):
             x = F.layer_norm(x, (E,), self.encoder.layer_norm.weight[:E], self.encoder.layer_norm.bias[:E], 1e-5)
         predictions = self._predict(x, E) if predict else {}
         return ModelOutput(hidden_states, frame_mask, layer_results, predictions, feats)
+
+    def _positional(self, x: torch.Tensor, E: int) -> torch.Tensor:
+        """The encoder's input: ``x`` plus its positional convolution, normalised here in a post-LN model."""
+        x = x + self.encoder.pos_conv[0](x, E)
+        if not self.cfg.layer_norm_first:
+            x = F.layer_norm(x, (E,), self.encoder.layer_norm.weight[:E], self.encoder.layer_norm.bias[:E], 1e-5)
+        return x
 
     def _predict(self, last: torch.Tensor, E: int) -> Dict[int, torch.Tensor]:
         heads = getattr(self, "layer_pred_heads", None)
